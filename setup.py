@@ -1,0 +1,30 @@
+"""Python packaging for the wheel-based path (`scripts/setup.sh`); colcon uses CMakeLists.txt."""
+from setuptools import find_packages, setup
+
+package_name = 'vlm3r_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(include=[package_name, f'{package_name}.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
+        (f'share/{package_name}', ['package.xml']),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=False,
+    maintainer='vlm3r_ros maintainers',
+    maintainer_email='maintainers@vlm3r-ros.dev',
+    description='3D spatial intelligence from a robot RGB camera (CUT3R + VLM-3R) for ROS 2.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'vlm3r_node = vlm3r_ros.node.vlm3r_node:main',
+            'vlm3r-ask = vlm3r_ros.tools.ask:main',
+            'vlm3r-plan = vlm3r_ros.tools.plan:main',
+            'vlm3r-replay = vlm3r_ros.tools.replay:main',
+            'vlm3r-eval = vlm3r_ros.tools.evaluate:main',
+            'vlm3r-map = vlm3r_ros.tools.route_map_cli:main',
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""Synthetic scenes, ground-truth QA, bags and VSI-Bench scoring."""

@@ -1,0 +1,1 @@
+"""Camera input: ROS image encodings and camera intrinsics to NumPy (no rclpy)."""

@@ -1,0 +1,1 @@
+"""Model code: CUT3R geometry encoder, VLM-3R fused LMM, profiles (plain PyTorch, no rclpy)."""

@@ -1,0 +1,1 @@
+"""CUT3R streaming geometry encoder (PyTorch and ONNX Runtime backends)."""

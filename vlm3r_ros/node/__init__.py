@@ -1,0 +1,1 @@
+"""ROS 2 glue: the lifecycle node and message conversions (the only rclpy users)."""

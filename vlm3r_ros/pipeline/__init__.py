@@ -1,0 +1,1 @@
+"""Pure pipeline logic: frame buffer, keyframe coverage, answer parsing, workers (no rclpy)."""

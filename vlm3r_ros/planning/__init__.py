@@ -1,0 +1,1 @@
+"""Route planning over the traversed trajectory graph (no rclpy)."""

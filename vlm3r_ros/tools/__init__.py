@@ -1,0 +1,1 @@
+"""Command-line tools: operator CLIs, replay, evaluation, maps."""
