@@ -1,0 +1,315 @@
+"""`Vlm3rModel`: per-frame visual tokens and spatial question answering with prefix KV reuse.
+
+Per frame (`encode_frame`, cached by the pipeline so a question never re-runs vision/geometry):
+SigLIP features -> fusion with CUT3R tokens (cross-attention, VLM-3R) -> mlp2x_gelu projector
+-> 2x2 pooling -> [+ Video-3D LLM position encoding] -> newline tokens.
+Per question (`answer`): qwen_1_5 conversation with all frames' tokens at the `<image>`
+position, greedy decoding. The KV cache of the prefix (system text + visual tokens) is kept in
+a small LRU keyed by the frame set, so a repeated question only prefills the question tokens.
+
+Not thread-safe by design beyond a per-instance lock: one worker thread calls it; there is no
+global state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicCache
+
+from vlm3r_ros.models.profiles import Profile, get_profile
+from vlm3r_ros.models.video3d_pe import video3d_position_encoding
+from vlm3r_ros.models.vlm3r.network import (
+    Vlm3rNet, build_network, randomize_, torch_dtype)
+from vlm3r_ros.models.vlm3r.prefix_cache import PrefixCache, PrefixEntry, truncate_cache
+from vlm3r_ros.models.vlm3r.prompt import qwen_1_5_prompt
+from vlm3r_ros.models.vlm3r.tokenizer import build_tiny_tokenizer, stop_token_ids
+from vlm3r_ros.models.vlm3r.vision import preprocess_image, siglip_features
+from vlm3r_ros.models.vlm3r.visual_tokens import add_newline_tokens, pool_tokens
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """What the last `answer` call did.
+
+    prefix_hit: the prefix KV cache was reused; prefix_tokens: tokens in the prefix (system text
+    + visual tokens); prefilled_tokens: tokens run through the LLM before decoding in this call
+    (question only on a hit, prefix + question on a miss); generated_tokens: new tokens decoded
+    (stop token excluded); seconds: wall time of the call.
+    """
+
+    prefix_hit: bool
+    prefix_tokens: int
+    prefilled_tokens: int
+    generated_tokens: int
+    seconds: float
+
+
+class Vlm3rModel:
+    """The fused LMM behind the pipeline's `SpatialModel` seam."""
+
+    def __init__(self, net: Vlm3rNet, tokenizer: PreTrainedTokenizerBase, profile: Profile) -> None:
+        """Wrap a built network and its tokenizer.
+
+        Raises ValueError when the tokenizer has more tokens than the embedding has rows, or
+        the network's fusion block does not match `profile.fusion`.
+        """
+        vocab_rows = net.language_model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > vocab_rows:
+            raise ValueError(f'tokenizer has {len(tokenizer)} tokens but the LLM only {vocab_rows} rows')
+        if (profile.fusion == 'cross_attention') != (net.fusion_block is not None):
+            raise ValueError(f'network does not match fusion mode {profile.fusion!r}')
+        self._net = net.eval()
+        self._tokenizer = tokenizer
+        self._profile = profile
+        self._stop_ids = stop_token_ids(tokenizer)
+        self._prefix_cache = PrefixCache(profile.max_cached_prefixes)
+        self._lock = threading.RLock()
+        self.last_stats: AnswerStats | None = None
+
+    # ----------------------------------------------------------------------------- builders
+    @classmethod
+    def from_profile(cls, profile: Profile | str, **overrides: Any) -> Vlm3rModel:
+        """Build the model a profile describes.
+
+        With `base_model_dir` set, load real weights through `checkpoint.load_vlm3r` (raises
+        CheckpointError on any problem). Without it, only a profile with a `seed` (tiny) may be
+        built: seeded random weights and the locally built tiny tokenizer. Raises ValueError for
+        a real-size profile without weight directories.
+        """
+        prof = get_profile(profile, **overrides) if isinstance(profile, str) else profile
+        if prof.base_model_dir is not None:
+            from vlm3r_ros.models.vlm3r.checkpoint import load_vlm3r  # avoid an import cycle
+            return load_vlm3r(prof.base_model_dir, prof.lora_dir, profile=prof,
+                              vision_tower_dir=prof.vision_tower_dir,
+                              tokenizer_dir=prof.tokenizer_dir)
+        if prof.seed is None:
+            raise ValueError(f'profile {prof.name!r} needs base_model_dir (and lora_dir) with '
+                             'local weights; random weights are only built for seeded profiles')
+        return cls.random(prof, seed=prof.seed)
+
+    @classmethod
+    def random(cls, profile: Profile, *, seed: int = 0,
+               tokenizer: PreTrainedTokenizerBase | None = None) -> Vlm3rModel:
+        """Build a model with random weights (tests, benchmarks); never reads or downloads files.
+
+        The tokenizer defaults to the tiny one; the vocabulary is `profile.llm_vocab_size` or,
+        when None, the tokenizer's length. On CPU the weights come from the default
+        initialisers under a private RNG seeded with `seed` (bit-reproducible); on other
+        devices storage is allocated there directly and filled by `randomize_`.
+        """
+        tok = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+        vocab = profile.llm_vocab_size or len(tok)
+        dtype = torch_dtype(profile.dtype)
+        if torch.device(profile.device).type == 'cpu':
+            net = build_network(profile, vocab, device=profile.device, dtype=dtype, seed=seed)
+        else:
+            net = build_network(profile, vocab, device=profile.device, dtype=dtype, init='empty')
+            randomize_(net, seed)
+        return cls(net, tok, profile)
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def profile(self) -> Profile:
+        """The profile this model was built for."""
+        return self._profile
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer used for prompts and answers."""
+        return self._tokenizer
+
+    @property
+    def net(self) -> Vlm3rNet:
+        """The underlying modules (weights)."""
+        return self._net
+
+    @property
+    def device(self) -> torch.device:
+        """Device holding the weights."""
+        return self._net.image_newline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights and of the visual tokens."""
+        return self._net.image_newline.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        """LLM hidden size = width of each visual token."""
+        return int(self._net.image_newline.shape[0])
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Rows of each `encode_frame` result."""
+        return self._profile.tokens_per_frame
+
+    # ----------------------------------------------------------------------------- vision
+    def _geometry(self, geometry_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Validate CUT3R tokens and return them as (1, N, Dg) on the model device/dtype."""
+        if geometry_tokens is None:
+            raise ValueError("fusion 'cross_attention' needs geometry_tokens: the CUT3R camera "
+                             'token followed by its patch tokens, shape (1 + P, '
+                             f'{self._profile.geometry_dim}); got None')
+        tokens = torch.as_tensor(geometry_tokens)
+        if tokens.ndim == 3 and tokens.shape[0] == 1:
+            tokens = tokens[0]
+        if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] != self._profile.geometry_dim:
+            raise ValueError(f'geometry_tokens must have shape (1 + P, {self._profile.geometry_dim}), '
+                             f'got {tuple(tokens.shape)}')
+        return tokens.to(device=self.device, dtype=self.dtype)[None]
+
+    def encode_frame(self, image: np.ndarray, geometry_tokens: torch.Tensor | None = None,
+                     world_points: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """Return one frame's visual tokens, shape (tokens_per_frame, hidden_size).
+
+        `image` is (H, W, 3) uint8 RGB. fusion 'cross_attention' needs `geometry_tokens`
+        (1 + P, geometry_dim) from CUT3R (camera token first); 'position_encoding' needs
+        `world_points` (H', W', 3) world xyz in metres (non-finite = invalid). Unused inputs are
+        ignored. Raises ValueError when a needed input is missing or malformed.
+        """
+        prof = self._profile
+        if prof.fusion == 'position_encoding' and world_points is None:
+            raise ValueError("fusion 'position_encoding' needs world_points: per-pixel world "
+                             'coordinates (H, W, 3) in metres; got None')
+        with self._lock, torch.no_grad():
+            geometry = self._geometry(geometry_tokens) if prof.fusion == 'cross_attention' else None
+            pixels = preprocess_image(image, prof.vision_image_size, prof.image_mean,
+                                      prof.image_std, self.device, self.dtype)
+            features = siglip_features(self._net.vision_tower, pixels)
+            if geometry is not None:
+                assert self._net.fusion_block is not None
+                features = self._net.fusion_block(features, geometry)
+            tokens = self._net.mm_projector(features)
+            tokens = pool_tokens(tokens, prof.vision_grid, prof.spatial_pool_stride,
+                                 prof.spatial_pool_mode)[0]
+            if prof.fusion == 'position_encoding':
+                assert world_points is not None
+                grid = prof.pooled_grid
+                encoding = video3d_position_encoding(
+                    world_points, grid, grid, self.hidden_size, prof.pe_min_xyz, prof.pe_max_xyz,
+                    prof.pe_voxel_size, prof.pe_temperature)
+                tokens = tokens + encoding.to(device=self.device, dtype=self.dtype)
+            return add_newline_tokens(tokens, self._net.image_newline, prof.newline_position)
+
+    # ----------------------------------------------------------------------------- language
+    def _ids(self, text: str) -> torch.Tensor:
+        """Tokenize `text` without added special tokens; return (n,) int64 on the device."""
+        ids = self._tokenizer(text, add_special_tokens=False)['input_ids']
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def _frames(self, frame_tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Validate frame tokens and return them on the model device/dtype."""
+        frames: list[torch.Tensor] = []
+        for index, tokens in enumerate(frame_tokens):
+            if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 \
+                    or tokens.shape[1] != self.hidden_size:
+                shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)
+                raise ValueError(f'frame_tokens[{index}] must be a (T, {self.hidden_size}) tensor '
+                                 f'from encode_frame, got {shape}')
+            frames.append(tokens.to(device=self.device, dtype=self.dtype))
+        return frames
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return (n, hidden) input embeddings of token ids."""
+        return self._net.language_model.get_input_embeddings()(ids)
+
+    def _prefill_prefix(self, prefix_text: str, frames: Sequence[torch.Tensor],
+                        originals: Sequence[torch.Tensor]) -> PrefixEntry:
+        """Run system text + visual tokens through the LLM and return the filled KV cache."""
+        language_model = self._net.language_model
+        sequence = torch.cat([self._embed(self._ids(prefix_text)), *frames], dim=0)[None]
+        cache = DynamicCache(config=language_model.config)
+        language_model.model(inputs_embeds=sequence, past_key_values=cache, use_cache=True)
+        return PrefixEntry(cache=cache, length=int(sequence.shape[1]), frames=tuple(originals))
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        """Decode generated ids; ids of padded embedding rows beyond the tokenizer are dropped."""
+        size = len(self._tokenizer)
+        text = self._tokenizer.decode([i for i in ids if i < size], skip_special_tokens=True)
+        return text.strip()
+
+    def answer(self, prompt: str, frame_tokens: Sequence[torch.Tensor], max_new_tokens: int = 16,
+               prefix_key: Hashable | None = None) -> str:
+        """Answer `prompt` about the frames by greedy decoding; return the stripped text.
+
+        `prompt` is the full user text; the visual tokens of `frame_tokens` (encode_frame
+        results, in time order) go at the reference `<image>` position before it. The prefix
+        KV cache is looked up by `prefix_key` (default: the identities of the frame tensors) and
+        only reused when the frames are the same tensors; see `last_stats`. Decoding stops at
+        `<|im_end|>` / `<|endoftext|>` or after `max_new_tokens`. Raises ValueError for
+        malformed frames or a negative `max_new_tokens`.
+        """
+        if max_new_tokens < 0:
+            raise ValueError('max_new_tokens must be >= 0')
+        start = time.perf_counter()
+        with self._lock, torch.no_grad():
+            frames = self._frames(frame_tokens)
+            chat = qwen_1_5_prompt(prompt, self._profile.system_prompt, has_image=bool(frames))
+            key = prefix_key if prefix_key is not None else tuple(id(t) for t in frame_tokens)
+            entry = self._prefix_cache.lookup(key, frame_tokens)
+            hit = entry is not None
+            if entry is None:
+                entry = self._prefill_prefix(chat.prefix, frames, list(frame_tokens))
+                self._prefix_cache.store(key, entry)
+            suffix = self._ids(chat.suffix)
+            generated: list[int] = []
+            language_model = self._net.language_model
+            try:
+                if max_new_tokens > 0:
+                    logits = language_model(input_ids=suffix[None], past_key_values=entry.cache,
+                                            use_cache=True, logits_to_keep=1).logits[0, -1]
+                    for step in range(max_new_tokens):
+                        token = int(torch.argmax(logits))
+                        if token in self._stop_ids:
+                            break
+                        generated.append(token)
+                        if step + 1 == max_new_tokens:
+                            break
+                        step_ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+                        logits = language_model(input_ids=step_ids, past_key_values=entry.cache,
+                                                use_cache=True, logits_to_keep=1).logits[0, -1]
+            finally:
+                # Always restore the prefix so the next question starts from it.
+                truncate_cache(entry.cache, entry.length)
+            question_tokens = int(suffix.shape[0]) if max_new_tokens > 0 else 0
+            self.last_stats = AnswerStats(
+                prefix_hit=hit, prefix_tokens=entry.length,
+                prefilled_tokens=question_tokens + (0 if hit else entry.length),
+                generated_tokens=len(generated), seconds=time.perf_counter() - start)
+            return self._decode(generated)
+
+    def next_token_logits(self, prompt: str, frame_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return float32 (vocab,) logits of the first answer token, computed without any cache.
+
+        A reference path for checks (and usable for scoring option letters). Raises ValueError
+        for malformed frames.
+        """
+        with self._lock, torch.no_grad():
+            frames = self._frames(frame_tokens)
+            chat = qwen_1_5_prompt(prompt, self._profile.system_prompt, has_image=bool(frames))
+            sequence = torch.cat([self._embed(self._ids(chat.prefix)), *frames,
+                                  self._embed(self._ids(chat.suffix))], dim=0)[None]
+            output = self._net.language_model(inputs_embeds=sequence, use_cache=False,
+                                              logits_to_keep=1)
+            return output.logits[0, -1].float()
+
+    # ----------------------------------------------------------------------------- cache
+    def clear_cache(self) -> None:
+        """Drop every cached prefix KV (frees its memory)."""
+        with self._lock:
+            self._prefix_cache.clear()
+
+    def cache_info(self) -> dict[str, int]:
+        """Return prefix-cache counters: entries, capacity, hits, misses, bytes."""
+        with self._lock:
+            cache = self._prefix_cache
+            return {'entries': len(cache), 'capacity': cache.capacity, 'hits': cache.hits,
+                    'misses': cache.misses, 'bytes': cache.nbytes()}

@@ -1,0 +1,242 @@
+"""The node's parameters: one table with defaults, descriptions and ranges.
+
+``declare(node)`` declares them all with descriptors (so ``ros2 param describe`` shows
+the description and range); ``read(node)`` validates the values into a :class:`NodeConfig`
+and raises ValueError naming the bad parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from vlm3r_ros.pipeline.engine import EngineConfig
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: default, description, and either a numeric range or choices."""
+
+    name: str
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+
+
+SPECS: tuple[Spec, ...] = (
+    # Input
+    Spec('image_topic', '/camera/image_raw', 'Colour image topic (raw sensor_msgs/Image); '
+         "with image_transport 'compressed' the node subscribes to <image_topic>/compressed."),
+    Spec('image_transport', 'raw', 'raw: sensor_msgs/Image; compressed: CompressedImage '
+         '(JPEG/PNG).', choices=('raw', 'compressed')),
+    Spec('camera_info_topic', '', 'Optional sensor_msgs/CameraInfo topic (empty: none).'),
+    Spec('depth_topic', '', 'Optional depth image topic (16UC1 mm or 32FC1 m; empty: none).'),
+    Spec('depth_scale', 0.001, 'Metres per unit of 16UC1 depth.', 1e-6, 10.0),
+    Spec('pose_topic', '', 'Optional camera pose topic (odometry) in map_frame, used instead '
+         "of the geometry encoder's poses for routes and depth voxels (empty: none)."),
+    Spec('pose_topic_type', 'odometry', 'Message type on pose_topic.',
+         choices=('odometry', 'pose_stamped')),
+    Spec('qos_reliability', 'best_effort', 'Image subscription reliability; best_effort '
+         '(sensor-data QoS) matches most camera drivers and also reliable publishers.',
+         choices=('best_effort', 'reliable')),
+    Spec('qos_depth', 5, 'Image subscription queue depth.', 1, 100),
+    # Buffer and keyframes
+    Spec('buffer_max_frames', 256, 'Most frames kept in the sliding buffer.', 1, 100000),
+    Spec('buffer_max_span_s', 120.0, 'Longest time span kept in the buffer (s).', 0.1, 86400.0),
+    Spec('buffer_max_mb', 1024.0, 'Memory cap of the buffer incl. cached tokens (MiB).',
+         1.0, 1048576.0),
+    Spec('store_max_side', 640, 'Frames are stored downsampled to this longer side (px; '
+         '0 keeps full size).', 0, 8192),
+    Spec('stamp_reset_threshold_s', 1.0, 'A stamp this far behind the newest (looping bag) '
+         'resets the buffer.', 0.0, 3600.0),
+    Spec('keyframe_budget', 32, 'Default keyframes per question.', 1, 64),
+    Spec('coverage_ratio', 0.95, 'Stop adding keyframes at this voxel coverage.', 0.01, 1.0),
+    Spec('voxel_size_m', 0.1, 'Voxel size for coverage (m).', 0.01, 2.0),
+    Spec('keyframe_selection', 'coverage', 'coverage: greedy max 3D coverage; uniform: '
+         'evenly spaced baseline.', choices=('coverage', 'uniform')),
+    Spec('points_source', 'geometry', 'World points for voxels and 3D position encoding: '
+         'the encoder pointmap, or depth + camera_info + pose_topic.',
+         choices=('geometry', 'depth')),
+    Spec('min_confidence', 0.0, 'Drop pointmap points below this confidence (0: keep all).',
+         0.0, 1000.0),
+    # Model
+    Spec('model_profile', 'tiny', "tiny: embedded CPU profile (random weights unless paths "
+         "are set); vlm3r-7b: the released model; none: no model.",
+         choices=('tiny', 'vlm3r-7b', 'none'), read_only=True),
+    Spec('fusion', 'cross_attention', 'cross_attention: VLM-3R fusion of CUT3R tokens; '
+         "position_encoding: Video-3D LLM's 3D position encoding.",
+         choices=('cross_attention', 'position_encoding'), read_only=True),
+    Spec('geometry_backend', 'torch', 'CUT3R backend.', choices=('torch', 'onnx'),
+         read_only=True),
+    Spec('cut3r_weights', '', 'Local CUT3R checkpoint (.pth or .safetensors).', read_only=True),
+    Spec('vlm3r_base_path', '', 'Local LLaVA-NeXT-Video-7B-Qwen2 directory.', read_only=True),
+    Spec('vlm3r_non_lora_path', '', 'Local non_lora_trainables.bin (or .safetensors).',
+         read_only=True),
+    Spec('vlm3r_lora_path', '', 'Local LoRA adapter directory.', read_only=True),
+    Spec('tiny_weights_path', '', 'Optional trained weights directory for the tiny profile.',
+         read_only=True),
+    Spec('device', 'auto', 'Torch device.', choices=('auto', 'cpu', 'cuda'), read_only=True),
+    Spec('dtype', 'auto', 'Model dtype (auto: bfloat16 on GPU, float32 on CPU).',
+         choices=('auto', 'float32', 'float16', 'bfloat16'), read_only=True),
+    Spec('cache_mode', 'streaming', 'streaming: geometry once per frame and cached visual '
+         'tokens; per_query: the reference way (fresh CUT3R over the keyframes per question).',
+         choices=('streaming', 'per_query')),
+    Spec('geometry_rate_hz', 5.0, 'Most geometry frames per second (latest frame wins).',
+         0.1, 120.0),
+    Spec('max_new_tokens', 16, 'Greedy decoding length of an answer.', 1, 512),
+    # Requests
+    Spec('request_queue_size', 4, 'Requests waiting beyond this get BUSY.', 1, 256),
+    Spec('request_timeout_s', 60.0, 'A request waiting longer gets TIMEOUT.', 0.1, 3600.0),
+    Spec('max_question_chars', 2000, 'Longest accepted question.', 1, 100000),
+    Spec('route_max_keyframes', 16, 'Keyframes offered to the model to localise a goal.', 1, 26),
+    Spec('route_node_spacing_m', 0.25, 'Trajectory graph node spacing (m).', 0.01, 10.0),
+    Spec('route_link_radius_m', 0.6, 'Link revisited places closer than this (m; 0: off).',
+         0.0, 10.0),
+    Spec('route_turn_threshold_deg', 45.0, 'Heading change that makes a turn step (deg).',
+         1.0, 179.0),
+    Spec('up_axis', 'auto', "World up axis as 'x,y,z', or auto: 0,0,1 with pose_topic, else "
+         "0,-1,0 (the first camera's up in CUT3R's world)."),
+    # Output and lifecycle
+    Spec('map_frame', 'map', 'Frame of the published Path and markers.'),
+    Spec('status_period_s', 1.0, 'SceneStatus and diagnostics period (s).', 0.05, 60.0),
+    Spec('stale_timeout_s', 3.0, 'No frame for this long makes the stream STALE (s).',
+         0.1, 3600.0),
+    Spec('autostart', True, 'Configure and activate on start (no lifecycle manager needed).',
+         read_only=True),
+    Spec('unload_on_deactivate', True, 'Free model memory on deactivate (reload on activate).'),
+)
+
+
+@dataclass
+class NodeConfig:
+    """Validated parameter values (attribute names equal parameter names)."""
+
+    image_topic: str
+    image_transport: str
+    camera_info_topic: str
+    depth_topic: str
+    depth_scale: float
+    pose_topic: str
+    pose_topic_type: str
+    qos_reliability: str
+    qos_depth: int
+    buffer_max_frames: int
+    buffer_max_span_s: float
+    buffer_max_mb: float
+    store_max_side: int
+    stamp_reset_threshold_s: float
+    keyframe_budget: int
+    coverage_ratio: float
+    voxel_size_m: float
+    keyframe_selection: str
+    points_source: str
+    min_confidence: float
+    model_profile: str
+    fusion: str
+    geometry_backend: str
+    cut3r_weights: str
+    vlm3r_base_path: str
+    vlm3r_non_lora_path: str
+    vlm3r_lora_path: str
+    tiny_weights_path: str
+    device: str
+    dtype: str
+    cache_mode: str
+    geometry_rate_hz: float
+    max_new_tokens: int
+    request_queue_size: int
+    request_timeout_s: float
+    max_question_chars: int
+    route_max_keyframes: int
+    route_node_spacing_m: float
+    route_link_radius_m: float
+    route_turn_threshold_deg: float
+    up_axis: str
+    map_frame: str
+    status_period_s: float
+    stale_timeout_s: float
+    autostart: bool
+    unload_on_deactivate: bool
+
+    @property
+    def subscribed_image_topic(self) -> str:
+        """Return the topic actually subscribed for colour frames."""
+        if self.image_transport == 'compressed':
+            return self.image_topic.rstrip('/') + '/compressed'
+        return self.image_topic
+
+    def up_vector(self) -> tuple[float, float, float]:
+        """Return the world up axis; raises ValueError for a malformed value."""
+        if self.up_axis == 'auto':
+            return (0.0, 0.0, 1.0) if self.pose_topic else (0.0, -1.0, 0.0)
+        try:
+            x, y, z = (float(v) for v in self.up_axis.split(','))
+        except ValueError:
+            raise ValueError(f"up_axis must be 'auto' or 'x,y,z', got {self.up_axis!r}") from None
+        if x == y == z == 0:
+            raise ValueError('up_axis must not be zero')
+        return (x, y, z)
+
+    def engine_config(self) -> EngineConfig:
+        """Return the engine's settings."""
+        return EngineConfig(
+            max_frames=self.buffer_max_frames, max_span_s=self.buffer_max_span_s,
+            max_bytes=int(self.buffer_max_mb * (1 << 20)),
+            reset_threshold_s=self.stamp_reset_threshold_s, store_max_side=self.store_max_side,
+            geometry_rate_hz=self.geometry_rate_hz, voxel_size_m=self.voxel_size_m,
+            min_confidence=self.min_confidence, points_source=self.points_source,
+            keyframe_budget=self.keyframe_budget, coverage_ratio=self.coverage_ratio,
+            selection=self.keyframe_selection, cache_mode=self.cache_mode,
+            max_new_tokens=self.max_new_tokens, request_queue_size=self.request_queue_size,
+            route_node_spacing_m=self.route_node_spacing_m,
+            route_link_radius_m=self.route_link_radius_m,
+            route_turn_threshold_deg=self.route_turn_threshold_deg,
+            route_max_keyframes=self.route_max_keyframes, up_axis=self.up_vector())
+
+
+def descriptor(spec: Spec) -> ParameterDescriptor:
+    """Return the ParameterDescriptor (description, range, read-only) of a spec."""
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.low is not None and spec.high is not None:
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
+                                               step=0)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
+                                                            to_value=float(spec.high), step=0.0)]
+    return desc
+
+
+def declare(node: Any) -> None:
+    """Declare every parameter on ``node`` (skipping ones already declared)."""
+    for spec in SPECS:
+        if not node.has_parameter(spec.name):
+            node.declare_parameter(spec.name, spec.default, descriptor(spec))
+
+
+def validate(values: dict[str, Any]) -> NodeConfig:
+    """Return a NodeConfig from raw values; raise ValueError naming a bad parameter."""
+    for spec in SPECS:
+        value = values[spec.name]
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f'parameter {spec.name}={value!r} is not one of '
+                             f'{", ".join(spec.choices)}')
+        if spec.low is not None and not spec.low <= value <= spec.high:
+            raise ValueError(f'parameter {spec.name}={value} is outside '
+                             f'[{spec.low}, {spec.high}]')
+    if values['image_topic'].strip() == '':
+        raise ValueError('parameter image_topic must not be empty')
+    config = NodeConfig(**{f.name: values[f.name] for f in fields(NodeConfig)})
+    config.up_vector()
+    return config
+
+
+def read(node: Any) -> NodeConfig:
+    """Return the node's validated parameters; raise ValueError naming a bad one."""
+    return validate({spec.name: node.get_parameter(spec.name).value for spec in SPECS})

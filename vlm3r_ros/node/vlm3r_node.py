@@ -1,0 +1,465 @@
+"""The vlm3r_node lifecycle node: topics, services, action, status and diagnostics.
+
+All logic lives in :class:`vlm3r_ros.pipeline.engine.SpatialEngine`; this file wires it
+to ROS. Callback groups: image/depth/pose callbacks share one mutually exclusive group
+and only decode and append (never wait for a model); services and the action sit in a
+reentrant group and wait on the engine's futures with a timeout; the status timer has its
+own group. A MultiThreadedExecutor runs them.
+
+Lifecycle: configure validates parameters, builds the engine and starts loading the
+model in the background; activate creates subscriptions, services and the action server
+and (re)loads the model; deactivate destroys them and frees model memory; cleanup drops
+the engine and its buffer. With ``autostart`` the node configures and activates itself.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry, Path
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
+
+from vlm3r_ros.action import PlanRoute as PlanRouteAction
+from vlm3r_ros.ingest.image_codec import ImageDecodeError
+from vlm3r_ros.msg import SceneStatus
+from vlm3r_ros.node import params
+from vlm3r_ros.node.ros_convert import (
+    camera_info_to_intrinsics, depth_to_array, diagnostics, finite_or_nan, image_to_rgb,
+    keyframe_markers, ns_to_stamp, pose_msg_to_matrix, route_to_path, stamp_to_ns)
+from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
+from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
+from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
+                                         validate_route)
+from vlm3r_ros.srv import PlanRoute, SpatialQuery
+
+STREAM_STATES = {SceneStatus.STREAM_WAITING: 'WAITING', SceneStatus.STREAM_OK: 'OK',
+                 SceneStatus.STREAM_STALE: 'STALE'}
+
+
+class Vlm3rNode(LifecycleNode):
+    """Spatial question answering and route planning over a camera stream."""
+
+    def __init__(self, node_name: str = 'vlm3r_node', **kwargs: Any) -> None:
+        """Declare parameters; with ``autostart`` the caller then calls :meth:`autostart`."""
+        super().__init__(node_name, **kwargs)
+        params.declare(self)
+        self.config: params.NodeConfig | None = None
+        self.engine: SpatialEngine | None = None
+        self._ingest_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._subs: list[Any] = []
+        self._servers: list[Any] = []
+        self._action: ActionServer | None = None
+        self._status_pub = None
+        self._diag_pub = None
+        self._path_pub = None
+        self._marker_pub = None
+        self._timer = None
+        self._intrinsics = None
+        self._latest_depth: Any = None  # newest depth map, paired with the next colour frame
+        self._last_frame_mono: float | None = None
+        self._rejected = 0
+        self._rate_mark = (time.monotonic(), 0, 0)
+        self._rates = (0.0, 0.0)
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def autostart(self) -> None:
+        """Configure and activate now when the ``autostart`` parameter is true."""
+        if self.get_parameter('autostart').value:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate parameters, create the engine and publishers, start loading the model."""
+        try:
+            self.config = params.read(self)
+        except ValueError as exc:
+            self.get_logger().error(f'configure failed: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        cfg = self.config
+        loader = None
+        if cfg.model_profile != 'none':
+            from vlm3r_ros.models.loader import ModelSpec, load_bundle
+            loader = functools.partial(load_bundle, ModelSpec.from_config(cfg))
+        self.engine = SpatialEngine(cfg.engine_config(), loader)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self._status_pub = self.create_publisher(SceneStatus, '~/status', 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._path_pub = self.create_publisher(Path, '~/route', latched)
+        self._marker_pub = self.create_publisher(MarkerArray, '~/keyframes', latched)
+        self._timer = self.create_timer(cfg.status_period_s, self._publish_status,
+                                        callback_group=self._timer_group)
+        self.engine.load_models()
+        self.get_logger().info(f'configured: profile {cfg.model_profile}, fusion {cfg.fusion}, '
+                               f'cache {cfg.cache_mode}, input {self._input_desc()}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the camera, offer the services and action, start the workers."""
+        cfg, engine = self.config, self.engine
+        assert cfg is not None and engine is not None
+        engine.start()
+        engine.load_models()  # reload after a deactivate that freed the model
+        qos = self._image_qos()
+        image_type = CompressedImage if cfg.image_transport == 'compressed' else Image
+        self._subs = [self.create_subscription(image_type, cfg.subscribed_image_topic,
+                                               self._on_image, qos,
+                                               callback_group=self._ingest_group)]
+        if cfg.camera_info_topic:
+            self._subs.append(self.create_subscription(
+                CameraInfo, cfg.camera_info_topic, self._on_camera_info, qos,
+                callback_group=self._ingest_group))
+        if cfg.depth_topic:
+            self._subs.append(self.create_subscription(
+                Image, cfg.depth_topic, self._on_depth, qos, callback_group=self._ingest_group))
+        if cfg.pose_topic:
+            pose_type = Odometry if cfg.pose_topic_type == 'odometry' else PoseStamped
+            self._subs.append(self.create_subscription(
+                pose_type, cfg.pose_topic, self._on_pose, 50, callback_group=self._ingest_group))
+        self._servers = [
+            self.create_service(SpatialQuery, '~/spatial_query', self._on_query,
+                                callback_group=self._service_group),
+            self.create_service(PlanRoute, '~/plan_route', self._on_plan,
+                                callback_group=self._service_group),
+        ]
+        self._action = ActionServer(
+            self, PlanRouteAction, '~/plan_route_action', execute_callback=self._execute_route,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda _handle: CancelResponse.ACCEPT,
+            callback_group=self._service_group)
+        self.get_logger().info(f'active: listening on {self._input_desc()}')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop subscriptions, services and workers; free model memory if configured to."""
+        self._teardown_io()
+        if self.engine is not None:
+            self.engine.stop()
+            if self.config is not None and self.config.unload_on_deactivate:
+                self.engine.unload_models()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Drop the engine (buffer, caches, model) and the publishers."""
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything from any state."""
+        self._teardown_io()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown_io(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for srv in self._servers:
+            self.destroy_service(srv)
+        if self._action is not None:
+            self._action.destroy()
+        self._subs, self._servers, self._action = [], [], None
+
+    def _release(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine.unload_models()
+            self.engine = None
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        for pub in (self._status_pub, self._diag_pub, self._path_pub, self._marker_pub):
+            if pub is not None:
+                self.destroy_publisher(pub)
+        self._status_pub = self._diag_pub = self._path_pub = self._marker_pub = None
+
+    # ------------------------------------------------------------------ ingest
+    def _image_qos(self) -> QoSProfile:
+        cfg = self.config
+        assert cfg is not None
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.qos_depth,
+                         reliability=qos_profile_sensor_data.reliability,
+                         durability=DurabilityPolicy.VOLATILE)
+        if cfg.qos_reliability == 'reliable':
+            qos.reliability = ReliabilityPolicy.RELIABLE
+        return qos
+
+    def _input_desc(self) -> str:
+        cfg = self.config
+        if cfg is None:
+            return ''
+        return f'{self.resolve_topic_name(cfg.subscribed_image_topic)} ' \
+               f'[{cfg.qos_reliability}, depth {cfg.qos_depth}]'
+
+    def _reject(self, what: str, exc: Exception) -> None:
+        """Count and log (once per distinct reason) an input that could not be used."""
+        self._rejected += 1
+        reason = f'{what}: {exc}'
+        if reason not in self._warned and len(self._warned) < 100:
+            self._warned.add(reason)
+            self.get_logger().warning(f'rejected {reason}')
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageDecodeError as exc:
+            self._reject('image', exc)
+            return
+        self._last_frame_mono = time.monotonic()
+        k = self._intrinsics
+        K = None
+        if k is not None and (k.width, k.height) != (rgb.shape[1], rgb.shape[0]):
+            k = None  # calibration for another resolution: unusable for this frame
+        if k is not None:
+            K = k.matrix()
+        depth = self._latest_depth if self.config and self.config.depth_topic else None
+        if engine.submit_frame(stamp_to_ns(msg.header.stamp), rgb, depth=depth, intrinsics=K):
+            self.get_logger().warning('image stamps went backwards (looping bag?): '
+                                      'buffer, keyframes and trajectory were reset')
+
+    def _on_depth(self, msg: Image) -> None:
+        assert self.config is not None
+        try:
+            self._latest_depth = depth_to_array(msg, self.config.depth_scale)
+        except ImageDecodeError as exc:
+            self._reject('depth', exc)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self._intrinsics = camera_info_to_intrinsics(msg)
+        except ImageDecodeError as exc:
+            self._reject('camera_info', exc)
+
+    def _on_pose(self, msg: Odometry | PoseStamped) -> None:
+        if self.engine is None:
+            return
+        try:
+            self.engine.submit_pose(*pose_msg_to_matrix(msg))
+        except ValueError as exc:
+            self._reject('pose', exc)
+
+    # ------------------------------------------------------------------ services
+    def _wait(self, future: Any, kind: str) -> QueryResult | RouteResult:
+        assert self.config is not None
+        timeout = self.config.request_timeout_s
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            message = f'no answer within request_timeout_s={timeout:g} s'
+            return QueryResult(ErrorCode.TIMEOUT, message) if kind == 'query' \
+                else RouteResult(ErrorCode.TIMEOUT, message)
+
+    def _on_query(self, request: SpatialQuery.Request,
+                  response: SpatialQuery.Response) -> SpatialQuery.Response:
+        started = time.monotonic()
+        result = self._run_query(request)
+        response.success = result.code == ErrorCode.OK
+        response.error_code = int(result.code)
+        response.message = result.message
+        response.answer = result.answer
+        response.value = finite_or_nan(result.value)
+        response.option_index = int(result.option_index)
+        response.keyframe_stamps = [ns_to_stamp(ns) for ns in result.keyframe_stamps_ns]
+        response.coverage = float(result.coverage)
+        response.elapsed_s = time.monotonic() - started
+        if result.code == ErrorCode.OK:
+            self._publish_keyframes(result.keyframe_stamps_ns)
+        return response
+
+    def _run_query(self, request: SpatialQuery.Request) -> QueryResult:
+        engine, cfg = self.engine, self.config
+        if engine is None or cfg is None:
+            return QueryResult(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
+        try:
+            query = validate_query(
+                request.question, list(request.options), request.answer_type,
+                (stamp_to_ns(request.window_start), stamp_to_ns(request.window_end)),
+                int(request.keyframe_budget), max_question_chars=cfg.max_question_chars)
+        except RequestError as exc:
+            return QueryResult(exc.code, exc.message)
+        return self._wait(engine.ask(query), 'query')
+
+    def _fill_route(self, result: RouteResult, out: Any) -> None:
+        out.success = result.code == ErrorCode.OK
+        out.error_code = int(result.code)
+        out.message = result.message
+        out.steps = list(result.steps)
+        out.model_steps = list(result.model_steps)
+        assert self.config is not None
+        out.path = route_to_path(result, self.config.map_frame, self.get_clock().now().to_msg())
+        out.goal_stamp = ns_to_stamp(result.goal_stamp_ns)
+        out.length_m = float(result.length_m)
+        out.elapsed_s = float(result.elapsed_s)
+        if out.success and self._path_pub is not None:
+            self._path_pub.publish(out.path)
+
+    def _route_request(self, goal: str, start: str, feedback: Any = None) -> Any:
+        engine = self.engine
+        if engine is None:
+            return None, RouteResult(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
+        try:
+            route = validate_route(goal, start)
+        except RequestError as exc:
+            return None, RouteResult(exc.code, exc.message)
+        return engine.plan(route, feedback), None
+
+    def _on_plan(self, request: PlanRoute.Request,
+                 response: PlanRoute.Response) -> PlanRoute.Response:
+        started = time.monotonic()
+        future, failure = self._route_request(request.goal, request.start)
+        result = failure or self._wait(future, 'route')
+        self._fill_route(result, response)
+        response.elapsed_s = time.monotonic() - started
+        return response
+
+    def _execute_route(self, goal_handle: Any) -> PlanRouteAction.Result:
+        started = time.monotonic()
+
+        def feedback(stage: str, progress: float) -> None:
+            goal_handle.publish_feedback(PlanRouteAction.Feedback(stage=stage,
+                                                                  progress=float(progress)))
+
+        feedback('queued', 0.0)
+        future, failure = self._route_request(goal_handle.request.goal,
+                                              goal_handle.request.start, feedback)
+        result = failure
+        assert self.config is not None
+        deadline = started + self.config.request_timeout_s
+        while result is None:
+            if goal_handle.is_cancel_requested:
+                future.cancel()
+                goal_handle.canceled()
+                out = PlanRouteAction.Result(error_code=int(ErrorCode.INTERNAL_ERROR),
+                                             message='canceled by the client')
+                out.elapsed_s = time.monotonic() - started
+                return out
+            try:
+                result = future.result(timeout=0.1)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    future.cancel()
+                    result = RouteResult(ErrorCode.TIMEOUT, 'no route within request_timeout_s')
+        out = PlanRouteAction.Result()
+        self._fill_route(result, out)
+        out.elapsed_s = time.monotonic() - started
+        if result.code == ErrorCode.OK:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return out
+
+    # ------------------------------------------------------------------ status
+    def _stream_state(self) -> tuple[int, float | None]:
+        assert self.config is not None
+        if self._last_frame_mono is None:
+            return SceneStatus.STREAM_WAITING, None
+        age = time.monotonic() - self._last_frame_mono
+        state = SceneStatus.STREAM_STALE if age > self.config.stale_timeout_s \
+            else SceneStatus.STREAM_OK
+        return state, age
+
+    def _publish_status(self) -> None:
+        engine, cfg = self.engine, self.config
+        if engine is None or cfg is None or self._status_pub is None:
+            return
+        status = engine.status()
+        now = time.monotonic()
+        t0, received0, geometry0 = self._rate_mark
+        if now - t0 >= cfg.status_period_s * 0.5:
+            dt = now - t0
+            self._rates = ((status.frames_received - received0) / dt,
+                           (status.geometry_frames - geometry0) / dt)
+            self._rate_mark = (now, status.frames_received, status.geometry_frames)
+        stream_state, age = self._stream_state()
+        stamp = self.get_clock().now().to_msg()
+        msg = SceneStatus()
+        msg.header.stamp, msg.header.frame_id = stamp, cfg.map_frame
+        msg.stream_state = stream_state
+        msg.input_topic = self._input_desc()
+        msg.frames_received = status.frames_received
+        msg.frames_dropped = status.frames_dropped
+        msg.frames_rejected = self._rejected
+        msg.ingest_rate_hz, msg.geometry_rate_hz = (float(r) for r in self._rates)
+        msg.buffer_length = status.buffer_length
+        msg.buffer_span_s = float(status.buffer_span_s)
+        msg.buffer_bytes = status.buffer_bytes
+        msg.buffer_resets = status.buffer_resets
+        msg.keyframe_count = status.keyframe_count
+        msg.keyframe_coverage = float(status.keyframe_coverage)
+        msg.voxels_observed = status.voxels_observed
+        msg.model_state = int(status.model_state)
+        msg.model_profile = status.model_profile or cfg.model_profile
+        msg.queued_requests = status.queued_requests
+        msg.requests_answered = status.requests_answered
+        msg.last_error = status.last_error
+        self._status_pub.publish(msg)
+        if self._diag_pub is not None:
+            self._diag_pub.publish(diagnostics(status, STREAM_STATES[stream_state],
+                                               self._input_desc(), self.get_fully_qualified_name(),
+                                               stamp, age))
+
+    def _publish_keyframes(self, stamps_ns: list[int]) -> None:
+        engine, cfg = self.engine, self.config
+        if engine is None or cfg is None or self._marker_pub is None:
+            return
+        wanted = set(stamps_ns)
+        poses = [(r.stamp_ns, r.pose) for r in engine.buffer.snapshot()
+                 if r.stamp_ns in wanted and r.pose is not None]
+        self._marker_pub.publish(keyframe_markers(poses, cfg.map_frame,
+                                                  self.get_clock().now().to_msg()))
+
+    @property
+    def model_state(self) -> ModelState:
+        """Return the engine's model state (NOT_CONFIGURED when unconfigured)."""
+        return self.engine.status().model_state if self.engine else ModelState.NOT_CONFIGURED
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the node until SIGINT/SIGTERM; shut down cleanly (workers joined, model freed)."""
+    rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = Vlm3rNode()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    queue_size = node.get_parameter('request_queue_size').value
+    executor = MultiThreadedExecutor(num_threads=int(queue_size) + 4)
+    executor.add_node(node)
+    node.autostart()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        while not stop.wait(0.1) and spinner.is_alive():
+            pass
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.get_logger().info('shutting down')
+        node._teardown_io()
+        node._release()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    main()

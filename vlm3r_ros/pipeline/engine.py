@@ -1,0 +1,662 @@
+"""The spatial engine: buffer, geometry worker, answer worker, route planning.
+
+Threads (none of them is a ROS callback):
+  * the caller's ingest thread calls :meth:`SpatialEngine.submit_frame`, which only
+    appends to the buffer and hands the frame to the geometry worker (latest frame wins);
+  * the geometry worker runs the geometry encoder once per processed frame (streaming
+    state), turns its pointmap into voxels for keyframe coverage, its pose into the
+    trajectory graph, and (``cache_mode='streaming'``) caches the frame's fused visual
+    tokens so that a question only runs the LLM;
+  * the answer worker takes requests from a bounded queue (BUSY past it), selects
+    keyframes by maximum coverage and asks the model.
+The model calls run only in the two workers. A model error is caught, reported in the
+status and sent back as INTERNAL_ERROR; the engine keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from vlm3r_ros.pipeline.answers import build_prompt, option_letter, parse_answer
+from vlm3r_ros.pipeline.coverage import CoverageIndex, Selection
+from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
+from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
+from vlm3r_ros.pipeline.poses import PoseHistory
+from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
+from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
+from vlm3r_ros.planning.route_steps import parse_route_steps, steps_from_path
+from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
+
+LOG = logging.getLogger(__name__)
+
+
+class ModelState(IntEnum):
+    """Model lifecycle; values equal the SceneStatus MODEL_* constants."""
+
+    NOT_CONFIGURED = 0
+    LOADING = 1
+    READY = 2
+    ERROR = 3
+    UNLOADED = 4
+
+
+class GeometryStream(Protocol):
+    """A streaming geometry encoder (CUT3R): state persists across ``step`` calls."""
+
+    def reset(self) -> None:
+        """Forget the streaming state (the next frame becomes the world origin)."""
+
+    def step(self, image: np.ndarray) -> Any:
+        """Return a FrameGeometry (pts_world, conf, pose, tokens) for one RGB frame."""
+
+
+class SpatialModel(Protocol):
+    """The fused LMM as the engine uses it."""
+
+    def encode_frame(self, image: np.ndarray, geometry_tokens: Any,
+                     world_points: Any) -> Any:
+        """Return one frame's visual tokens (fused, projected, pooled)."""
+
+    def answer(self, prompt: str, frame_tokens: Sequence[Any], max_new_tokens: int = 16,
+               prefix_key: Any = None) -> str:
+        """Return the greedy answer text for ``prompt`` over the frames' tokens."""
+
+    def choose(self, prompt: str, frame_tokens: Sequence[Any], n_options: int,
+               prefix_key: Any = None) -> tuple[int, list[float]]:
+        """Return (index, probabilities) of the most likely option letter."""
+
+
+@dataclass
+class ModelBundle:
+    """What a model loader returns: a factory of geometry streams and the LMM."""
+
+    profile: str
+    new_geometry_stream: Callable[[], GeometryStream]
+    spatial: SpatialModel
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass
+class EngineConfig:
+    """Plain settings of the engine (the node fills them from ROS parameters)."""
+
+    max_frames: int = 256
+    max_span_s: float = 120.0
+    max_bytes: int = 1 << 30
+    reset_threshold_s: float = 1.0
+    store_max_side: int = 640
+    geometry_rate_hz: float = 5.0
+    voxel_size_m: float = 0.1
+    min_confidence: float = 0.0
+    points_source: str = 'geometry'  # 'geometry' (CUT3R pointmap) or 'depth'
+    keyframe_budget: int = 32
+    coverage_ratio: float = 0.95
+    selection: str = 'coverage'  # 'coverage' or 'uniform'
+    cache_mode: str = 'streaming'  # 'streaming' or 'per_query'
+    max_new_tokens: int = 16
+    request_queue_size: int = 4
+    route_node_spacing_m: float = 0.25
+    route_link_radius_m: float = 0.6
+    route_turn_threshold_deg: float = 45.0
+    route_max_keyframes: int = 16
+    pose_tolerance_s: float = 0.1
+    up_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+
+
+@dataclass
+class EngineStatus:
+    """A consistent snapshot for SceneStatus and diagnostics."""
+
+    model_state: ModelState
+    model_profile: str
+    model_error: str
+    frames_received: int
+    frames_dropped: int
+    buffer_length: int
+    buffer_span_s: float
+    buffer_bytes: int
+    buffer_resets: int
+    frames_with_geometry: int
+    geometry_frames: int
+    keyframe_count: int
+    keyframe_coverage: float
+    voxels_observed: int
+    queued_requests: int
+    requests_answered: int
+    last_error: str
+
+
+@dataclass
+class _Job:
+    kind: str
+    request: Any
+    future: Future
+    feedback: Callable[[str, float], None] | None = None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class SpatialEngine:
+    """Frames in, answers and routes out; see the module docstring for the threads."""
+
+    def __init__(self, config: EngineConfig,
+                 loader: Callable[[], ModelBundle] | None = None) -> None:
+        """Create an idle engine; call :meth:`start` to run its workers."""
+        self.config = config
+        self._loader = loader
+        self._bundle: ModelBundle | None = None
+        self._model_state = ModelState.NOT_CONFIGURED if loader is None else ModelState.UNLOADED
+        self._model_error = '' if loader else 'no model configured (model_profile is "none")'
+        self._last_error = ''
+        self._lock = threading.Lock()
+        self.coverage = CoverageIndex()
+        self.graph = self._new_graph()
+        self.poses = PoseHistory(tolerance_ns=int(config.pose_tolerance_s * 1e9))
+        self.buffer = FrameBuffer(config.max_frames, config.max_span_s, config.max_bytes,
+                                  on_evict=self._on_evict,
+                                  reset_threshold_s=config.reset_threshold_s)
+        self._pending: FrameRecord | None = None
+        self._pending_cv = threading.Condition()
+        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=config.request_queue_size)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stream: GeometryStream | None = None
+        self._stream_epoch = 0  # bumped on buffer reset: the stream restarts its world
+        self._received = 0
+        self._skipped = 0
+        self._geometry_frames = 0
+        self._answered = 0
+        self._selection_cache: tuple[int, Selection] | None = None
+        self._load_thread: threading.Thread | None = None
+
+    def _new_graph(self) -> TrajectoryGraph:
+        return TrajectoryGraph(node_spacing_m=self.config.route_node_spacing_m,
+                               link_radius_m=self.config.route_link_radius_m,
+                               up_axis=self.config.up_axis)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the geometry and answer workers (idempotent)."""
+        if self._threads:
+            return
+        self._stop.clear()
+        for name, target in (('vlm3r-geometry', self._geometry_loop),
+                             ('vlm3r-answer', self._answer_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the workers; queued requests are answered MODEL_NOT_READY."""
+        self._stop.set()
+        with self._pending_cv:
+            self._pending_cv.notify_all()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads = []
+        self._drain_jobs(ErrorCode.MODEL_NOT_READY, 'the node is shutting down or inactive')
+
+    def load_models(self, blocking: bool = False) -> None:
+        """Load the models in a background thread (or inline with ``blocking``).
+
+        The state goes LOADING, then READY or ERROR (with the reason in the status).
+        Does nothing without a loader or while a load is running.
+        """
+        if self._loader is None:
+            return
+        with self._lock:
+            if self._model_state in (ModelState.LOADING, ModelState.READY):
+                return
+            self._model_state = ModelState.LOADING
+            self._model_error = ''
+        if blocking:
+            self._load()
+        else:
+            self._load_thread = threading.Thread(target=self._load, name='vlm3r-load',
+                                                 daemon=True)
+            self._load_thread.start()
+
+    def _load(self) -> None:
+        try:
+            bundle = self._loader()  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - any loader failure is reported, not raised
+            LOG.error('model load failed: %s', exc)
+            with self._lock:
+                self._model_state = ModelState.ERROR
+                self._model_error = f'{type(exc).__name__}: {exc}'
+                self._last_error = f'model load failed: {self._model_error}'
+            return
+        with self._lock:
+            self._bundle = bundle
+            self._stream = bundle.new_geometry_stream()
+            self._model_state = ModelState.READY
+        # Frames buffered while loading get geometry as the worker reaches them.
+        latest = self.buffer.latest()
+        if latest is not None:
+            self._hand_to_geometry(latest)
+
+    def wait_loaded(self, timeout_s: float) -> bool:
+        """Block until the load ends; return True when the model is READY."""
+        thread = self._load_thread
+        if thread is not None:
+            thread.join(timeout_s)
+        return self._model_state == ModelState.READY
+
+    def unload_models(self) -> None:
+        """Free the models and every cached token (memory goes back to the device)."""
+        with self._lock:
+            bundle, self._bundle, self._stream = self._bundle, None, None
+            if self._loader is not None:
+                self._model_state = ModelState.UNLOADED
+        for record in self.buffer.snapshot():
+            self.buffer.attach(record.frame_id, tokens=None)
+        if bundle is not None:
+            bundle.close()
+        self._free_device_memory()
+
+    @staticmethod
+    def _free_device_memory() -> None:
+        import gc
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    # ------------------------------------------------------------------ ingest
+    def submit_frame(self, stamp_ns: int, image: np.ndarray, depth: np.ndarray | None = None,
+                     intrinsics: np.ndarray | None = None) -> bool:
+        """Buffer one RGB frame and offer it to the geometry worker; never blocks on a model.
+
+        Returns True when the buffer was reset because time went backwards (the caller
+        logs it once). The image is stored by reference, downsampled only when larger
+        than ``store_max_side``.
+        """
+        image = _downsample(image, self.config.store_max_side)
+        if depth is not None and depth.shape[:2] != image.shape[:2]:
+            depth = _resize_depth(depth, image.shape[1], image.shape[0])
+        if intrinsics is not None and depth is not None:
+            intrinsics = np.asarray(intrinsics, dtype=np.float64)
+        result = self.buffer.add(stamp_ns, image, depth=depth, intrinsics=intrinsics)
+        self._received += 1
+        if result.reset:
+            self._reset_world()
+        if result.accepted:
+            self._hand_to_geometry(result.frame)
+        return result.reset
+
+    def submit_pose(self, stamp_ns: int, cam_to_world: np.ndarray) -> None:
+        """Record an external camera pose (odometry) used instead of the encoder's pose."""
+        self.poses.add(stamp_ns, cam_to_world)
+
+    def _hand_to_geometry(self, record: FrameRecord) -> None:
+        with self._pending_cv:
+            if self._pending is not None:
+                self._skipped += 1  # latest frame wins; the older one keeps no geometry
+            self._pending = record
+            self._pending_cv.notify()
+
+    def _on_evict(self, record: FrameRecord) -> None:
+        self.coverage.remove(record.frame_id)
+
+    def _reset_world(self) -> None:
+        LOG.warning('frame stamps went backwards: buffer, keyframes and trajectory reset')
+        self.coverage.clear()
+        with self._lock:
+            self.graph = self._new_graph()
+            self._stream_epoch += 1
+        self.poses.clear()
+
+    # ------------------------------------------------------------------ geometry
+    def _geometry_loop(self) -> None:
+        period = 1.0 / self.config.geometry_rate_hz if self.config.geometry_rate_hz > 0 else 0.0
+        epoch = self._stream_epoch
+        while not self._stop.is_set():
+            with self._pending_cv:
+                while self._pending is None and not self._stop.is_set():
+                    self._pending_cv.wait(0.5)
+                record, self._pending = self._pending, None
+            if record is None or self._stop.is_set():
+                continue
+            with self._lock:
+                bundle, stream = self._bundle, self._stream
+                if epoch != self._stream_epoch and stream is not None:
+                    stream.reset()
+                    epoch = self._stream_epoch
+            if bundle is None or stream is None:
+                continue  # no model: frames stay buffered without geometry
+            started = time.monotonic()
+            try:
+                self._process_frame(record, bundle, stream)
+            except Exception as exc:  # noqa: BLE001 - report, keep serving
+                self._report_error(f'geometry failed on frame {record.frame_id}: '
+                                   f'{type(exc).__name__}: {exc}')
+            wait = period - (time.monotonic() - started)
+            if wait > 0:
+                self._stop.wait(wait)
+
+    def _process_frame(self, record: FrameRecord, bundle: ModelBundle,
+                       stream: GeometryStream) -> None:
+        geom = stream.step(record.image)
+        pose = self.poses.lookup(record.stamp_ns)
+        if pose is None:
+            pose = np.asarray(geom.pose, dtype=np.float64)
+        points = self._world_points(record, geom, pose)
+        conf = None
+        if points is geom.pts_world and self.config.min_confidence > 0:
+            conf = np.asarray(geom.conf).reshape(-1)
+        keys = voxel_keys(np.asarray(points).reshape(-1, 3), self.config.voxel_size_m,
+                          conf=conf, min_conf=self.config.min_confidence or None)
+        tokens = None
+        if self.config.cache_mode == 'streaming':
+            tokens = bundle.spatial.encode_frame(record.image, geom.tokens, points)
+        self.coverage.add(record.frame_id, record.stamp_ns, keys)
+        if not self.buffer.attach(record.frame_id, pose=pose, voxels=keys, tokens=tokens):
+            self.coverage.remove(record.frame_id)  # evicted while we worked
+            return
+        with self._lock:
+            self.graph.add_pose(record.frame_id, record.stamp_ns, pose)
+            self._geometry_frames += 1
+            self._selection_cache = None
+
+    def _world_points(self, record: FrameRecord, geom: Any, pose: np.ndarray) -> np.ndarray:
+        """Return (H, W, 3) world points: the encoder's pointmap, or depth back-projected."""
+        if (self.config.points_source == 'depth' and record.depth is not None
+                and record.intrinsics is not None):
+            h, w = record.depth.shape
+            pts = points_from_depth(record.depth, record.intrinsics, pose, stride=1,
+                                    keep_invalid=True)
+            return pts.reshape(h, w, 3)
+        return geom.pts_world
+
+    # ------------------------------------------------------------------ requests
+    def ask(self, request: QueryRequest) -> Future:
+        """Queue a question; return a Future of QueryResult (already done when refused)."""
+        return self._submit(_Job('query', request, Future()))
+
+    def plan(self, request: RouteRequest,
+             feedback: Callable[[str, float], None] | None = None) -> Future:
+        """Queue a route request; return a Future of RouteResult."""
+        return self._submit(_Job('route', request, Future(), feedback))
+
+    def _submit(self, job: _Job) -> Future:
+        refusal = self._readiness_error()
+        if refusal is not None:
+            job.future.set_result(self._failure(job.kind, *refusal))
+            return job.future
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            job.future.set_result(self._failure(
+                job.kind, ErrorCode.BUSY,
+                f'{self._jobs.maxsize} requests are already queued; retry later'))
+        return job.future
+
+    def _readiness_error(self) -> tuple[ErrorCode, str] | None:
+        state = self._model_state
+        if state == ModelState.READY:
+            return None
+        reasons = {
+            ModelState.NOT_CONFIGURED: self._model_error or 'no model configured',
+            ModelState.LOADING: 'the model is still loading; retry shortly',
+            ModelState.ERROR: f'the model failed to load: {self._model_error}',
+            ModelState.UNLOADED: 'the model is not loaded (node inactive?)',
+        }
+        return ErrorCode.MODEL_NOT_READY, reasons[state]
+
+    @staticmethod
+    def _failure(kind: str, code: ErrorCode, message: str) -> QueryResult | RouteResult:
+        return QueryResult(code, message) if kind == 'query' else RouteResult(code, message)
+
+    def _drain_jobs(self, code: ErrorCode, message: str) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if not job.future.done():
+                job.future.set_result(self._failure(job.kind, code, message))
+
+    def _answer_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller gave up (timeout) before we started
+            started = time.monotonic()
+            try:
+                refusal = self._readiness_error()
+                if refusal is not None:
+                    raise RequestError(*refusal)
+                if job.kind == 'query':
+                    result: QueryResult | RouteResult = self._answer(job.request)
+                else:
+                    result = self._route(job.request, job.feedback)
+            except RequestError as exc:
+                result = self._failure(job.kind, exc.code, exc.message)
+            except Exception as exc:  # noqa: BLE001 - a model error must not kill the worker
+                message = f'{type(exc).__name__}: {exc}'
+                if 'out of memory' in str(exc).lower():
+                    message = f'out of memory while answering ({exc}); caches were cleared'
+                    self._clear_model_caches()
+                self._report_error(f'request failed: {message}')
+                result = self._failure(job.kind, ErrorCode.INTERNAL_ERROR, message)
+            result.elapsed_s = time.monotonic() - job.enqueued
+            with self._lock:
+                self._answered += 1
+            job.future.set_result(result)
+
+    def _clear_model_caches(self) -> None:
+        bundle = self._bundle
+        clear = getattr(bundle.spatial, 'clear_cache', None) if bundle else None
+        if clear is not None:
+            clear()
+        self._free_device_memory()
+
+    def _report_error(self, message: str) -> None:
+        LOG.error(message)
+        with self._lock:
+            self._last_error = message
+
+    # ------------------------------------------------------------------ keyframes
+    def select_keyframes(self, budget: int = 0, window_ns: tuple[int, int] | None = None
+                         ) -> Selection:
+        """Return the keyframes for a question: max coverage (or uniform) over the window."""
+        budget = budget or self.config.keyframe_budget
+        if self.config.selection == 'uniform':
+            return self._uniform_selection(budget, window_ns)
+        return self.coverage.select(budget=budget, ratio=self.config.coverage_ratio,
+                                    window_ns=window_ns)
+
+    def _uniform_selection(self, budget: int, window_ns: tuple[int, int] | None) -> Selection:
+        from vlm3r_ros.pipeline.coverage import uniform_select
+        records = [r for r in self._records_in(window_ns) if r.voxels is not None]
+        chosen = set(uniform_select([r.frame_id for r in records], budget))
+        picked = [r for r in records if r.frame_id in chosen]
+        return Selection(frame_ids=[r.frame_id for r in picked],
+                         stamps_ns=[r.stamp_ns for r in picked], covered=0, total=0,
+                         ratio=0.0, gains=[])
+
+    def _records_in(self, window_ns: tuple[int, int] | None) -> list[FrameRecord]:
+        if window_ns is None:
+            return self.buffer.snapshot()
+        return self.buffer.snapshot(window_ns[0] or None, window_ns[1] or None)
+
+    def _keyframe_inputs(self, selection: Selection) -> tuple[list[FrameRecord], list[Any]]:
+        """Return the selected records still buffered and their visual tokens."""
+        records = [r for r in (self.buffer.get(i) for i in selection.frame_ids) if r is not None]
+        bundle = self._bundle
+        if bundle is None:
+            raise RequestError(ErrorCode.MODEL_NOT_READY, 'the model was unloaded')
+        if self.config.cache_mode == 'streaming' and all(r.tokens is not None for r in records):
+            return records, [r.tokens for r in records]
+        # per_query (the reference's way): fresh geometry state over the keyframes only.
+        stream = bundle.new_geometry_stream()
+        tokens = []
+        for record in records:
+            geom = stream.step(record.image)
+            points = self._world_points(record, geom, np.asarray(geom.pose))
+            tokens.append(bundle.spatial.encode_frame(record.image, geom.tokens, points))
+        return records, tokens
+
+    def _window(self, window_ns: tuple[int, int] | None) -> tuple[int, int] | None:
+        if window_ns is None:
+            return None
+        start, end = window_ns
+        return (start, end if end else np.iinfo(np.int64).max)
+
+    def _answer(self, request: QueryRequest) -> QueryResult:
+        window = self._window(request.window_ns)
+        selection = self.select_keyframes(request.keyframe_budget, window)
+        if not selection.frame_ids:
+            where = 'in the requested time window' if window else 'yet'
+            raise RequestError(ErrorCode.NO_FRAMES,
+                               f'no buffered frame has geometry {where} '
+                               f'({len(self.buffer)} frames buffered)')
+        records, tokens = self._keyframe_inputs(selection)
+        if not records:
+            raise RequestError(ErrorCode.NO_FRAMES, 'the selected keyframes were evicted')
+        bundle = self._bundle
+        assert bundle is not None
+        prompt = build_prompt(request.question, request.options, request.answer_type)
+        key = tuple(r.frame_id for r in records) if self.config.cache_mode == 'streaming' \
+            else None
+        text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens, prefix_key=key)
+        parsed = parse_answer(text, request.options)
+        return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
+                           [r.stamp_ns for r in records], selection.ratio)
+
+    # ------------------------------------------------------------------ routes
+    def _route(self, request: RouteRequest,
+               feedback: Callable[[str, float], None] | None) -> RouteResult:
+        def progress(stage: str, fraction: float) -> None:
+            if feedback is not None:
+                feedback(stage, fraction)
+
+        progress('selecting_keyframes', 0.1)
+        budget = min(self.config.route_max_keyframes, 26)
+        selection = self.select_keyframes(budget)
+        records = [r for r in (self.buffer.get(i) for i in selection.frame_ids)
+                   if r is not None and r.pose is not None]
+        if not records:
+            raise RequestError(ErrorCode.NO_FRAMES, 'no keyframe with a pose yet')
+        records, tokens = self._keyframe_inputs(Selection(
+            frame_ids=[r.frame_id for r in records], stamps_ns=[r.stamp_ns for r in records],
+            covered=selection.covered, total=selection.total, ratio=selection.ratio,
+            gains=[]))
+        key = tuple(r.frame_id for r in records) if self.config.cache_mode == 'streaming' \
+            else None
+        progress('localising_goal', 0.3)
+        goal_rec = self._localise(request.goal, records, tokens, key)
+        start_rec = (self._localise(request.start, records, tokens, key) if request.start
+                     else self._latest_posed())
+        progress('planning', 0.6)
+        with self._lock:
+            graph = self.graph
+            try:
+                path = graph.plan(start_rec.pose[:3, 3], goal_frame_id=goal_rec.frame_id)
+            except Unreachable as exc:
+                raise RequestError(ErrorCode.UNREACHABLE, str(exc)) from None
+            start_yaw = graph.frame_yaw(start_rec.frame_id)
+            orientations = [tuple(float(v) for v in graph.plane.heading_quaternion(h))
+                            for h in path.headings_rad]
+        steps = steps_from_path(path.plane_xy, start_yaw, self.config.route_turn_threshold_deg)
+        progress('describing', 0.8)
+        bundle = self._bundle
+        assert bundle is not None
+        start_text = request.start or 'your current position'
+        prompt = (f'These are frames of a video.\nYou are a robot beginning at {start_text}. '
+                  f'You want to navigate to {request.goal}. Describe the actions: turn left, '
+                  'turn right, turn back or go forward until a landmark.')
+        model_text = bundle.spatial.answer(prompt, tokens, 48, prefix_key=key)
+        return RouteResult(ErrorCode.OK, f'route to {request.goal}: {path.length_m:.2f} m',
+                           steps, parse_route_steps(model_text),
+                           [tuple(float(v) for v in p) for p in path.positions],
+                           orientations, goal_rec.stamp_ns,
+                           float(path.length_m))
+
+    def _latest_posed(self) -> FrameRecord:
+        for record in reversed(self.buffer.snapshot()):
+            if record.pose is not None:
+                return record
+        raise RequestError(ErrorCode.NO_FRAMES, 'no frame with a pose yet')
+
+    def _localise(self, what: str, records: list[FrameRecord], tokens: list[Any],
+                  key: Any) -> FrameRecord:
+        """Ask the model which keyframe best shows ``what``; return that record."""
+        bundle = self._bundle
+        assert bundle is not None
+        options = [f'frame {i + 1}' for i in range(len(records))]
+        prompt = build_prompt(f'Which frame shows {what} best?', options, 'option')
+        index, probs = bundle.spatial.choose(prompt, tokens, len(options), prefix_key=key)
+        if not 0 <= index < len(records):
+            raise RequestError(ErrorCode.GOAL_NOT_FOUND,
+                               f'the model named no keyframe for {what!r}')
+        LOG.info('localised %r in keyframe %s (p=%.2f)', what, option_letter(index),
+                 probs[index])
+        return records[index]
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> EngineStatus:
+        """Return a snapshot of counters, buffer, keyframes and model state."""
+        stats = self.buffer.stats()
+        with self._lock:
+            cached = self._selection_cache
+        if cached is None:
+            try:
+                sel = self.select_keyframes()
+            except Exception:  # noqa: BLE001 - status must never fail
+                sel = None
+            if sel is not None:
+                with self._lock:
+                    self._selection_cache = cached = (0, sel)
+        sel = cached[1] if cached else None
+        with self._lock:
+            return EngineStatus(
+                model_state=self._model_state,
+                model_profile=self._bundle.profile if self._bundle else '',
+                model_error=self._model_error,
+                frames_received=self._received,
+                frames_dropped=stats.dropped + stats.evicted + self._skipped,
+                buffer_length=stats.frames,
+                buffer_span_s=stats.span_s,
+                buffer_bytes=stats.nbytes,
+                buffer_resets=stats.resets,
+                frames_with_geometry=len(self.coverage),
+                geometry_frames=self._geometry_frames,
+                keyframe_count=len(sel.frame_ids) if sel else 0,
+                keyframe_coverage=float(sel.ratio) if sel else 0.0,
+                voxels_observed=int(sel.total) if sel else 0,
+                queued_requests=self._jobs.qsize(),
+                requests_answered=self._answered,
+                last_error=self._last_error,
+            )
+
+
+def _downsample(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Return ``image`` resized so its longer side is at most ``max_side`` (area filter)."""
+    h, w = image.shape[:2]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return image
+    import cv2
+    scale = max_side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _resize_depth(depth: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Return depth resized to the colour image's size (nearest: no mixed edges)."""
+    import cv2
+    return cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
