@@ -330,7 +330,10 @@ def _route_planning(ctx: _Context, rng: np.random.Generator) -> list[Candidate]:
             legs = len(objs) - 1
         pick = [objs[i] for i in rng.permutation(len(objs))[:legs + 1]]
         start, route = pick[0], pick[1:]
-        facing_pool = [o for o in objs if o is not start]
+        # The facing object is the first waypoint or an object off the route.
+        facing_pool = [o for o in objs if o is not start and o not in route]
+        if not facing_pool:
+            continue
         facing = route[0] if rng.random() < 0.35 else facing_pool[int(rng.integers(len(facing_pool)))]
         key = tuple(o.instance_id for o in [start, facing] + route)
         if key in seen_keys:

@@ -119,9 +119,8 @@ def _room_hits(scene: Scene, origin: np.ndarray, dirs: np.ndarray
     return t, code
 
 
-def _box_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray, want_normals: bool
-             ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return (t, world normal or None) of rays entering an oriented box (t = inf: miss)."""
+def _box_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Return the distance t along each ray to where it enters an oriented box (inf: miss)."""
     c, s = math.cos(obj.yaw), math.sin(obj.yaw)
     rel = origin - np.array(obj.center, dtype=np.float32)
     o_l = (c * rel[0] + s * rel[1], -s * rel[0] + c * rel[1], float(rel[2]))
@@ -129,31 +128,21 @@ def _box_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray, want_normal
     d_l = (c * dx + s * dy, -s * dx + c * dy, dirs[..., 2])
     half = [v / 2.0 for v in obj.size]
     # Slab test written per axis: reductions over a length-3 axis are slow in NumPy.
-    near, far = [], []
+    t_near = t_far = None
     for axis in range(3):
         d = np.where(np.abs(d_l[axis]) < 1e-9, np.float32(1e-9), d_l[axis])
         inv = 1.0 / d
         t1 = (-half[axis] - o_l[axis]) * inv
         t2 = (half[axis] - o_l[axis]) * inv
-        near.append(np.minimum(t1, t2))
-        far.append(np.maximum(t1, t2))
-    t_near = np.maximum(np.maximum(near[0], near[1]), near[2])
-    t_far = np.minimum(np.minimum(far[0], far[1]), far[2])
+        lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
+        t_near = lo if t_near is None else np.maximum(t_near, lo)
+        t_far = hi if t_far is None else np.minimum(t_far, hi)
     hit = (t_near <= t_far) & (t_near > 1e-4)
-    t = np.where(hit, t_near, np.float32(np.inf)).astype(np.float32)
-    if not want_normals:
-        return t, None
-    axis = np.where((near[0] >= near[1]) & (near[0] >= near[2]), 0,
-                    np.where(near[1] >= near[2], 1, 2))
-    d_axis = np.where(axis == 0, d_l[0], np.where(axis == 1, d_l[1], d_l[2]))
-    axes_world = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
-    normal = axes_world[axis] * -np.sign(d_axis)[..., None]
-    return t, normal
+    return np.where(hit, t_near, np.float32(np.inf)).astype(np.float32)
 
 
-def _cylinder_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray, want_normals: bool
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return (t, world normal or None) of rays entering an upright cylinder (inf: miss)."""
+def _cylinder_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Return the distance t along each ray to where it enters an upright cylinder."""
     r = obj.radius
     hz = obj.size[2] / 2.0
     ox, oy, oz = (origin - np.array(obj.center, dtype=np.float32)).tolist()
@@ -166,11 +155,6 @@ def _cylinder_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray, want_n
         ts = (-b - np.sqrt(np.maximum(disc, 0.0))) / (2.0 * a)
     side = (disc >= 0) & (a > 1e-12) & (ts > 1e-4) & (np.abs(oz + ts * dz) <= hz)
     t = np.where(side, ts, np.float32(np.inf)).astype(np.float32)
-    normal = None
-    if want_normals:
-        normal = np.zeros(dirs.shape, dtype=np.float32)
-        normal[..., 0] = (ox + ts * dx) / r
-        normal[..., 1] = (oy + ts * dy) / r
     if abs(oz) > hz:
         # The camera is above (or below) the cylinder: it may see the top (bottom) cap.
         cap_z = hz if oz > 0 else -hz
@@ -179,9 +163,36 @@ def _cylinder_hit(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray, want_n
         px, py = ox + tc * dx, oy + tc * dy
         cap = (tc > 1e-4) & (px * px + py * py <= r * r) & (tc < t)
         t = np.where(cap, tc, t).astype(np.float32)
-        if normal is not None:
-            normal[cap] = (0.0, 0.0, 1.0 if oz > 0 else -1.0)
-    return t, normal
+    return t
+
+
+def _object_normals(obj: SceneObject, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (world normals (M, 3), object-local points (M, 3)) for surface points.
+
+    The face of a box is the axis along which the point is relatively farthest out; a
+    cylinder point is on a cap when it lies at the top or bottom height.
+    """
+    c, s = math.cos(obj.yaw), math.sin(obj.yaw)
+    rx, ry = pts[:, 0] - obj.center[0], pts[:, 1] - obj.center[1]
+    local = np.empty_like(pts)
+    local[:, 0] = c * rx + s * ry
+    local[:, 1] = -s * rx + c * ry
+    local[:, 2] = pts[:, 2] - obj.center[2]
+    normals = np.zeros_like(pts)
+    half = np.array(obj.size, dtype=np.float32) / 2.0
+    if obj.shape == 'box':
+        rel = np.abs(local) / half
+        axis = np.where((rel[:, 0] >= rel[:, 1]) & (rel[:, 0] >= rel[:, 2]), 0,
+                        np.where(rel[:, 1] >= rel[:, 2], 1, 2))
+        sign = np.sign(local[np.arange(len(local)), axis])
+        axes_world = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+        normals = axes_world[axis] * sign[:, None]
+    else:
+        cap = np.abs(local[:, 2]) >= half[2] - 1e-3
+        radial = np.stack([rx, ry], axis=1) / max(obj.radius, 1e-6)
+        normals[:, :2] = np.where(cap[:, None], 0.0, radial)
+        normals[:, 2] = np.where(cap, np.sign(local[:, 2]), 0.0)
+    return normals, local
 
 
 def _object_rect(obj: SceneObject, origin: np.ndarray, rot: np.ndarray, K: np.ndarray,
@@ -205,9 +216,9 @@ def _object_rect(obj: SceneObject, origin: np.ndarray, rot: np.ndarray, K: np.nd
     return u0, u1, v0, v1
 
 
-def _cast(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int, height: int,
-          want_normals: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return (t, ids, normals, dirs, origin) for every pixel of one view."""
+def _cast(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int, height: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (t, ids, world ray directions, origin) for every pixel of one view."""
     pose = np.asarray(pose, dtype=np.float64)
     rot = pose[:3, :3]
     origin = pose[:3, 3].astype(np.float32)
@@ -215,7 +226,6 @@ def _cast(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int, height: int
                         int(width), int(height))
     dirs = rays @ rot.T.astype(np.float32)
     t, ids = _room_hits(scene, origin, dirs)
-    normals = np.zeros(dirs.shape, dtype=np.float32) if want_normals else dirs
     for obj in scene.objects:
         rect = _object_rect(obj, origin.astype(np.float64), rot, K, width, height)
         if rect is None:
@@ -223,19 +233,17 @@ def _cast(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int, height: int
         u0, u1, v0, v1 = rect
         sub = dirs[v0:v1, u0:u1]
         hit_fn = _box_hit if obj.shape == 'box' else _cylinder_hit
-        t_obj, n_obj = hit_fn(obj, origin, sub, want_normals)
+        t_obj = hit_fn(obj, origin, sub)
         closer = t_obj < t[v0:v1, u0:u1]
         if not closer.any():
             continue
         t[v0:v1, u0:u1][closer] = t_obj[closer]
         ids[v0:v1, u0:u1][closer] = obj.instance_id
-        if n_obj is not None:
-            normals[v0:v1, u0:u1][closer] = n_obj[closer]
-    return t, ids, normals, dirs, origin
+    return t, ids, dirs, origin
 
 
-def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, normals: np.ndarray,
-           dirs: np.ndarray, origin: np.ndarray) -> np.ndarray:
+def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, dirs: np.ndarray,
+           origin: np.ndarray) -> np.ndarray:
     """Return the uint8 RGB image for cast rays: base colours x lighting x textures."""
     pts = origin + dirs * t[..., None]
     x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
@@ -283,23 +291,22 @@ def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, normals: np.ndarray,
         mask = ids == obj.instance_id
         if not mask.any():
             continue
-        n = normals[mask]
+        n, local = _object_normals(obj, pts[mask])
         ox, oy, oz = x[mask], y[mask], z[mask]
         lam = np.maximum(n @ _LIGHT, 0.0)
-        grain = 0.88 + 0.24 * _value_noise((ox + 0.7 * oz) * 7.0, (oy - 0.5 * oz) * 7.0,
-                                           20.0 + obj.instance_id)
-        tone = grain
+        tone = 0.88 + 0.24 * _value_noise((ox + 0.7 * oz) * 7.0, (oy - 0.5 * oz) * 7.0,
+                                          20.0 + obj.instance_id)
+        half = np.array(obj.size, dtype=np.float32) / 2.0
         if obj.shape == 'box':
             # Darken near edges so that box outlines are visible whatever the colours.
-            c, s = math.cos(obj.yaw), math.sin(obj.yaw)
-            rx, ry = ox - obj.center[0], oy - obj.center[1]
-            local = np.stack([c * rx + s * ry, -s * rx + c * ry, oz - obj.center[2]], axis=-1)
-            half = np.array(obj.size, dtype=np.float32) / 2.0
-            near = (np.abs(local) > half - np.minimum(0.025, half * 0.3)).sum(axis=-1) >= 2
+            edge = half - np.minimum(0.025, half * 0.3)
+            near = ((np.abs(local[:, 0]) > edge[0]).astype(np.int8)
+                    + (np.abs(local[:, 1]) > edge[1]) + (np.abs(local[:, 2]) > edge[2])) >= 2
             tone = np.where(near, tone * 0.55, tone)
         else:
-            ang = np.arctan2(oy - obj.center[1], ox - obj.center[0])
-            tone = tone * (0.93 + 0.07 * np.cos(ang * 8.0))
+            ang = np.arctan2(local[:, 1], local[:, 0])
+            rim = np.abs(np.abs(local[:, 2]) - half[2]) < 0.015
+            tone = tone * (0.93 + 0.07 * np.cos(ang * 8.0)) * np.where(rim, 0.6, 1.0)
         rgb[mask] = np.array(obj.rgb, dtype=np.float32) * tone[:, None]
         light[mask] = 0.45 + 0.55 * lam
     # Mild falloff with distance keeps far walls a little darker, like a lit room.
@@ -314,8 +321,8 @@ def render_full(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int,
 
     ``pose`` is 4x4 camera-to-world (OpenCV axes). The camera must be inside the room.
     """
-    t, ids, normals, dirs, origin = _cast(scene, pose, K, width, height, want_normals=True)
-    rgb = _shade(scene, t, ids, normals, dirs, origin)
+    t, ids, dirs, origin = _cast(scene, pose, K, width, height)
+    rgb = _shade(scene, t, ids, dirs, origin)
     return RenderOutput(rgb=rgb, depth=t.astype(np.float32), ids=ids)
 
 
@@ -329,7 +336,7 @@ def render(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int,
 def render_ids(scene: Scene, pose: np.ndarray, K: np.ndarray, width: int,
                height: int) -> np.ndarray:
     """Return only the instance-id map (H, W) int16 (no shading; faster)."""
-    _, ids, _, _, _ = _cast(scene, pose, K, width, height, want_normals=False)
+    _, ids, _, _ = _cast(scene, pose, K, width, height)
     return ids
 
 

@@ -144,6 +144,9 @@ class _Job:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+_WAKE = _Job('wake', None, Future())
+
+
 class SpatialEngine:
     """Frames in, answers and routes out; see the module docstring for the threads."""
 
@@ -199,6 +202,10 @@ class SpatialEngine:
         self._stop.set()
         with self._pending_cv:
             self._pending_cv.notify_all()
+        try:
+            self._jobs.put_nowait(_WAKE)  # wake the answer worker without waiting for a poll
+        except queue.Full:
+            pass
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads = []
@@ -265,13 +272,11 @@ class SpatialEngine:
     @staticmethod
     def _free_device_memory() -> None:
         import gc
+        import sys
         gc.collect()
-        try:
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        torch = sys.modules.get('torch')  # never import torch just to free nothing
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ ingest
     def submit_frame(self, stamp_ns: int, image: np.ndarray, depth: np.ndarray | None = None,
@@ -424,7 +429,7 @@ class SpatialEngine:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 return
-            if not job.future.done():
+            if job is not _WAKE and not job.future.done():
                 job.future.set_result(self._failure(job.kind, code, message))
 
     def _answer_loop(self) -> None:
@@ -432,6 +437,8 @@ class SpatialEngine:
             try:
                 job = self._jobs.get(timeout=0.5)
             except queue.Empty:
+                continue
+            if job is _WAKE:
                 continue
             if not job.future.set_running_or_notify_cancel():
                 continue  # the caller gave up (timeout) before we started
