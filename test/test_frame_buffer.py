@@ -103,7 +103,8 @@ def test_late_frame_older_than_span_is_evicted_immediately():
 
 def test_backwards_time_beyond_threshold_resets():
     seen = []
-    buf = FrameBuffer(max_frames=10, reset_threshold_s=1.0, on_evict=lambda r: seen.append(r.frame_id))
+    buf = FrameBuffer(max_frames=10, reset_threshold_s=1.0,
+                      on_evict=lambda r: seen.append(r.frame_id))
     for t in (10.0, 10.5, 11.0):
         buf.add(int(t * S), img())
     res = buf.add(int(9.9 * S), img())  # 1.1 s back: a looping bag

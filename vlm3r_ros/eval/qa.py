@@ -334,7 +334,8 @@ def _route_planning(ctx: _Context, rng: np.random.Generator) -> list[Candidate]:
         facing_pool = [o for o in objs if o is not start and o not in route]
         if not facing_pool:
             continue
-        facing = route[0] if rng.random() < 0.35 else facing_pool[int(rng.integers(len(facing_pool)))]
+        facing = (route[0] if rng.random() < 0.35
+                  else facing_pool[int(rng.integers(len(facing_pool)))])
         key = tuple(o.instance_id for o in [start, facing] + route)
         if key in seen_keys:
             continue

@@ -253,7 +253,7 @@ class Scene:
             seed=int(data['seed']), width=float(room['width']), depth=float(room['depth']),
             height=float(room['height']),
             objects=tuple(SceneObject.from_dict(o) for o in data['objects']),
-            wall_colours=tuple(tuple(int(v) for v in c) for c in data['wall_colours']),  # type: ignore[misc]
+            wall_colours=tuple((int(c[0]), int(c[1]), int(c[2])) for c in data['wall_colours']),
         )
 
 
@@ -483,7 +483,8 @@ def make_scene(seed: int, width: float | None = None, depth: float | None = None
             z0 = float(rng.uniform(*spec.z_base))
             if spec.placement == 'wall':
                 wall = int(rng.integers(0, 4))
-                x, y, yaw = _place_on_wall(rng, w, d, size, wall, 0.0 if category == 'door' else 0.02)
+                gap = 0.0 if category == 'door' else 0.02  # doors sit flush in the wall
+                x, y, yaw = _place_on_wall(rng, w, d, size, wall, gap)
             else:
                 m = max(size[:2]) / 2.0 + 0.15
                 x = float(rng.uniform(-w / 2.0 + m, w / 2.0 - m))

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from vlm3r_ros.eval.qa import ALL_TASKS, NUMERIC_TASKS, TASK_BENCHMARK, QAItem
+from vlm3r_ros.eval.qa import ALL_TASKS, TASK_BENCHMARK, QAItem
 from vlm3r_ros.pipeline.answers import parse_answer
 
 # Exactly the reference's thresholds: linspace(0.5, 0.95, 10).
@@ -74,8 +74,8 @@ def best_constant_mra(gts: Sequence[float]) -> tuple[float, float]:
     """Return (best constant answer, its mean MRA) over ground truths ``gts``.
 
     Each indicator 1[|c - g| <= (1 - t) g] is an interval in c with ends g*t and
-    g*(2 - t), so the best constant is one of those ends (or a g itself).
-    Raises ValueError for an empty list.
+    g*(2 - t), so the best constant is one of those ends (or a g itself); among ties a
+    ground-truth value is preferred. Raises ValueError for an empty list.
     """
     values = np.asarray(list(gts), dtype=np.float64)
     if values.size == 0:
@@ -89,7 +89,10 @@ def best_constant_mra(gts: Sequence[float]) -> tuple[float, float]:
         chunk = cands[start:start + step]
         rel = np.abs(chunk[:, None] - values[None, :]) / np.abs(values)[None, :]
         scores[start:start + step] = (rel[:, :, None] <= tol).mean(axis=(1, 2))
-    best = int(np.argmax(scores))
+    top = np.flatnonzero(scores >= scores.max() - 1e-12)
+    # Among equally good constants prefer an actual ground-truth value (a real answer).
+    real = [i for i in top if cands[i] in set(values.tolist())]
+    best = int(real[0] if real else top[0])
     return float(cands[best]), float(scores[best])
 
 

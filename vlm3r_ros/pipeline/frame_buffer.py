@@ -282,7 +282,8 @@ class FrameBuffer:
         """
         with self._lock:
             lo = 0 if t0_ns is None else bisect.bisect_left(self._stamps, int(t0_ns))
-            hi = len(self._stamps) if t1_ns is None else bisect.bisect_right(self._stamps, int(t1_ns))
+            hi = (len(self._stamps) if t1_ns is None
+                  else bisect.bisect_right(self._stamps, int(t1_ns)))
             return [self._by_stamp[s] for s in self._stamps[lo:hi]]
 
     def __len__(self) -> int:

@@ -80,8 +80,12 @@ def local_to_official(name: str) -> str:
 
 
 def _dropped_vision_key(rest: str, kept_layers: int) -> bool:
-    """True for SigLIP weights the reference deletes: the pooling head and layers past the kept."""
-    if rest.startswith('head.'):
+    """True for SigLIP tensors the reference never uses.
+
+    Its tower deletes the pooling head and the layers after the selected one, and reads the
+    hidden state before post_layernorm; position_ids is a recomputed index buffer.
+    """
+    if rest.startswith(('head.', 'post_layernorm.')) or rest == 'embeddings.position_ids':
         return True
     match = _LAYER_INDEX.match(rest)
     return match is not None and int(match.group(1)) >= kept_layers
@@ -384,12 +388,16 @@ def save_base_checkpoint(model: Vlm3rModel, directory: str | Path,
                          max_shard_bytes: int | None = None) -> None:
     """Write the base (LLaVA-NeXT-Video) layout: config.json, safetensors, tokenizer files.
 
-    Holds every weight except the fusion block (the base model has none). Sharded with an index
-    when `max_shard_bytes` is given and exceeded.
+    Holds every weight except the fusion block (the base model has none), plus the SigLIP
+    post_layernorm that official files carry but the reference never applies. Sharded with an
+    index when `max_shard_bytes` is given and exceeded.
     """
     path = Path(directory)
     tensors = {k: v for k, v in official_state_dict(model.net).items()
                if not k.startswith('model.fusion_block.')}
+    width = model.profile.vision_hidden_size
+    tensors[_VISION_PREFIX + 'post_layernorm.weight'] = torch.ones(width, dtype=model.dtype)
+    tensors[_VISION_PREFIX + 'post_layernorm.bias'] = torch.zeros(width, dtype=model.dtype)
     write_safetensors_dir(path, tensors, max_shard_bytes)
     vocab = model.net.language_model.get_input_embeddings().weight.shape[0]
     write_json(path / 'config.json', llava_config(model.profile, vocab, with_fusion=False))

@@ -135,12 +135,13 @@ def build_network(profile: Profile, vocab_size: int, *, device: str | torch.devi
             torch.manual_seed(seed)
             net = Vlm3rNet(profile, vocab_size)
         net.to(device)
+        cast_parameters_(net, dtype)
     elif init == 'empty':
         with torch.device('meta'):
             net = Vlm3rNet(profile, vocab_size)
+        cast_parameters_(net, dtype)  # on meta, so storage is allocated once, in `dtype`
         net.to_empty(device=device)
         _reinit_non_persistent_buffers(net)
     else:
         raise ValueError(f'unknown init {init!r}')
-    cast_parameters_(net, dtype)
     return net.eval()

@@ -2,8 +2,7 @@
 
 The reference loads the full SigLIP, deletes its last encoder layer and its pooling head, and
 reads the last hidden state of what is left (before `post_layernorm`). Here the tower is built
-with only the kept layers (`Profile.vision_kept_layers`) and no head; `post_layernorm` stays as
-a module so checkpoint keys map one to one, but it is not applied.
+with only the kept layers (`Profile.vision_kept_layers`), no head and no post_layernorm.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from vlm3r_ros.models.profiles import Profile
@@ -37,8 +37,14 @@ def siglip_config(profile: Profile) -> SiglipVisionConfig:
 
 
 def build_siglip(profile: Profile) -> SiglipVisionModel:
-    """Build (never download) the SigLIP vision tower for `profile`."""
-    return SiglipVisionModel(siglip_config(profile))
+    """Build (never download) the SigLIP vision tower for `profile`.
+
+    `post_layernorm` is replaced by an identity: the reference reads the hidden state before
+    it, so its weights are never used (the loader skips them explicitly).
+    """
+    tower = SiglipVisionModel(siglip_config(profile))
+    tower.post_layernorm = nn.Identity()
+    return tower
 
 
 def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],

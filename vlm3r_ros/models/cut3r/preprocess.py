@@ -1,0 +1,214 @@
+"""Image preprocessing for CUT3R: resize/crop, normalisation, intrinsics and ray maps.
+
+Two resize modes:
+
+* ``'crop'`` follows the official ``load_images``: for ``size == 224`` the short side
+  is resized to 224 and the centre 224x224 square is kept; otherwise the long side is
+  resized to ``size`` and the centre is cropped to multiples of 16 (a square image is
+  cropped to 4:3, as the official loader does without ``square_ok``). PIL LANCZOS is
+  used when shrinking, BICUBIC when enlarging. The output shape depends on the
+  input aspect ratio (640x480 -> 512x384 at size 512).
+* ``'stretch'`` resizes to exactly ``(h, w)`` with bilinear interpolation and no crop,
+  as VLM-3R does before CUT3R (432x432 -> 27x27 patches).
+
+Both normalise RGB to [-1, 1] (``ImgNorm``: mean 0.5, std 0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+SizeSpec = Union[int, tuple[int, int]]
+RESIZE_MODES = ('crop', 'stretch')
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Pixel mapping from the source image to the model input.
+
+    A source pixel centre ``u`` maps to ``(u + 0.5) * scale - 0.5 - offset`` per axis.
+
+    Attributes:
+        scale: ``(sx, sy)`` resize factors.
+        offset: ``(ox, oy)`` crop offsets in resized pixels.
+        out_size: ``(h, w)`` of the model input.
+    """
+
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+    out_size: tuple[int, int]
+
+    def apply_to_intrinsics(self, k: np.ndarray) -> np.ndarray:
+        """Return the 3x3 intrinsics of the model input for source intrinsics ``k``."""
+        k = np.asarray(k, dtype=np.float64)
+        if k.shape != (3, 3):
+            raise ValueError(f'intrinsics must be 3x3, got {k.shape}')
+        sx, sy = self.scale
+        ox, oy = self.offset
+        out = k.copy()
+        out[0, 0] *= sx
+        out[1, 1] *= sy
+        out[0, 1] *= sx
+        out[0, 2] = (k[0, 2] + 0.5) * sx - 0.5 - ox
+        out[1, 2] = (k[1, 2] + 0.5) * sy - 0.5 - oy
+        return out
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as a contiguous HxWx3 uint8 array.
+
+    Raises:
+        ValueError: for another shape or dtype.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f'expected an HxWx3 uint8 RGB image, got {arr.shape} {arr.dtype}')
+    if arr.shape[0] < 16 or arr.shape[1] < 16:
+        raise ValueError(f'image {arr.shape[1]}x{arr.shape[0]} is too small')
+    return np.ascontiguousarray(arr)
+
+
+def _crop_plan(
+    width: int, height: int, size: int
+) -> tuple[int, tuple[int, int], tuple[int, int, int, int]]:
+    """Return the target long edge, the resized ``(w, h)`` and the crop box ``(l, t, r, b)``.
+
+    Follows the official loader: 224 resizes the short side to 224 and crops a centre
+    square; other sizes resize the long side and crop to multiples of 16.
+    """
+    if size == 224:
+        long_edge = round(size * max(width / height, height / width))
+    else:
+        long_edge = size
+    s = max(width, height)
+    new_w, new_h = (int(round(x * long_edge / s)) for x in (width, height))
+    cx, cy = new_w // 2, new_h // 2
+    if size == 224:
+        half = min(cx, cy)
+        return long_edge, (new_w, new_h), (cx - half, cy - half, cx + half, cy + half)
+    halfw, halfh = ((2 * cx) // 16) * 8, ((2 * cy) // 16) * 8
+    if new_w == new_h:
+        halfh = 3 * halfw // 4
+    return long_edge, (new_w, new_h), (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
+
+
+def output_size(src_hw: tuple[int, int], image_size: SizeSpec, resize_mode: str = 'crop') -> tuple[int, int]:
+    """Return the model input ``(h, w)`` for a source image of ``src_hw``.
+
+    Raises:
+        ValueError: for an unknown mode or a bad size.
+    """
+    if resize_mode == 'crop':
+        if not isinstance(image_size, int):
+            raise ValueError('resize_mode "crop" takes an int (long side, or 224 for square)')
+        _, _, (l, t, r, b) = _crop_plan(src_hw[1], src_hw[0], image_size)
+        return b - t, r - l
+    if resize_mode == 'stretch':
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        return int(h), int(w)
+    raise ValueError(f'unknown resize_mode {resize_mode!r}; use one of {RESIZE_MODES}')
+
+
+def preprocess_image(
+    image: np.ndarray, image_size: SizeSpec, resize_mode: str = 'crop', patch_size: int = 16
+) -> tuple[torch.Tensor, ImageTransform]:
+    """Turn an RGB uint8 image into the normalised model input.
+
+    Args:
+        image: HxWx3 uint8 RGB.
+        image_size: int long side for ``'crop'`` (224 = square crop); int or ``(h, w)``
+            for ``'stretch'``.
+        resize_mode: ``'crop'`` (official) or ``'stretch'`` (VLM-3R).
+        patch_size: the output sides must be multiples of it.
+
+    Returns:
+        ``(tensor (1, 3, h, w) float32 in [-1, 1], transform)``.
+
+    Raises:
+        ValueError: bad image, mode, or an output size not divisible by the patch size.
+    """
+    arr = _check_image(image)
+    src_h, src_w = arr.shape[:2]
+    if resize_mode == 'crop':
+        if not isinstance(image_size, int):
+            raise ValueError('resize_mode "crop" takes an int (long side, or 224 for square)')
+        long_edge, (new_w, new_h), box = _crop_plan(src_w, src_h, image_size)
+        pil = Image.fromarray(arr)
+        shrink = max(src_w, src_h) > long_edge
+        interp = Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC
+        pil = pil.resize((new_w, new_h), interp).crop(box)
+        out = np.asarray(pil)
+        tensor = torch.from_numpy(out.copy()).permute(2, 0, 1)[None].float() / 255.0
+        transform = ImageTransform(
+            scale=(new_w / src_w, new_h / src_h), offset=(float(box[0]), float(box[1])),
+            out_size=(out.shape[0], out.shape[1]),
+        )
+    elif resize_mode == 'stretch':
+        h, w = output_size((src_h, src_w), image_size, 'stretch')
+        tensor = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+        tensor = F.interpolate(tensor, size=(h, w), mode='bilinear', align_corners=False)
+        transform = ImageTransform(scale=(w / src_w, h / src_h), offset=(0.0, 0.0), out_size=(h, w))
+    else:
+        raise ValueError(f'unknown resize_mode {resize_mode!r}; use one of {RESIZE_MODES}')
+    h, w = transform.out_size
+    if h % patch_size or w % patch_size:
+        raise ValueError(f'model input {h}x{w} is not a multiple of the patch size {patch_size}')
+    return (tensor - 0.5) / 0.5, transform
+
+
+def ray_map(intrinsics: np.ndarray, cam_to_ref: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Return the ``(6, h, w)`` float32 ray map used by CUT3R's ray-map encoder.
+
+    Channels are the ray origin (camera centre) and a unit "direction" per pixel, in
+    the reference (first-frame) camera, computed exactly as the official datasets do
+    (``get_ray_map``): the camera-to-reference transform is applied to ``K^-1 p`` as a
+    point (rotation and translation), then normalised. Matching that quirk keeps the
+    input in the distribution the ray-map encoder was trained on.
+
+    Args:
+        intrinsics: 3x3 intrinsics of the model input image.
+        cam_to_ref: 4x4 camera-to-reference transform.
+        size: ``(h, w)`` of the model input.
+    """
+    h, w = size
+    i, j = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64), indexing='xy')
+    grid = np.stack([i, j, np.ones_like(i)], axis=-1).reshape(-1, 3)
+    pose = np.asarray(cam_to_ref, dtype=np.float64)
+    dirs = (np.linalg.inv(intrinsics) @ grid.T).T
+    dirs = dirs @ pose[:3, :3].T + pose[:3, 3]
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    origin = np.broadcast_to(pose[:3, 3], dirs.shape)
+    rays = np.concatenate([origin, dirs], axis=-1).reshape(h, w, 6)
+    return np.ascontiguousarray(rays.transpose(2, 0, 1), dtype=np.float32)
+
+
+def pose_encoding_to_matrix(encoding: np.ndarray) -> np.ndarray:
+    """Return the 4x4 float64 camera-to-world matrix for ``[tx, ty, tz, qw, qx, qy, qz]``."""
+    enc = np.asarray(encoding, dtype=np.float64).reshape(7)
+    r, i, j, k = enc[3:7]
+    two_s = 2.0 / max(float(np.dot(enc[3:7], enc[3:7])), 1e-12)
+    rot = np.array([
+        [1 - two_s * (j * j + k * k), two_s * (i * j - k * r), two_s * (i * k + j * r)],
+        [two_s * (i * j + k * r), 1 - two_s * (i * i + k * k), two_s * (j * k - i * r)],
+        [two_s * (i * k - j * r), two_s * (j * k + i * r), 1 - two_s * (i * i + j * j)],
+    ])
+    out = np.eye(4)
+    out[:3, :3] = rot
+    out[:3, 3] = enc[:3]
+    return out
+
+
+def relative_pose(reference: Optional[np.ndarray], cam_to_world: np.ndarray) -> np.ndarray:
+    """Return ``inv(reference) @ cam_to_world`` (or ``cam_to_world`` if no reference)."""
+    pose = np.asarray(cam_to_world, dtype=np.float64)
+    if pose.shape != (4, 4):
+        raise ValueError(f'cam_to_world must be 4x4, got {pose.shape}')
+    if reference is None:
+        return pose
+    return np.linalg.inv(reference) @ pose

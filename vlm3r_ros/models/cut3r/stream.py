@@ -1,0 +1,229 @@
+"""Streaming CUT3R: one camera frame in, one :class:`FrameGeometry` out.
+
+The recurrent state (``state_size`` tokens) and the pose memory (``local_mem_size``
+slots) have fixed sizes and only the latest copy is kept, so an arbitrarily long stream
+runs in constant memory. ``reset()`` starts a new sequence: the next frame defines the
+world frame (its camera is the origin), as in the official recurrent inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from vlm3r_ros.models.cut3r.model import Cut3rModel
+from vlm3r_ros.models.cut3r.preprocess import (
+    SizeSpec,
+    pose_encoding_to_matrix,
+    preprocess_image,
+    ray_map,
+    relative_pose,
+)
+
+
+@dataclass
+class FrameGeometry:
+    """Geometry of one frame, at the model input resolution ``image_size``.
+
+    Attributes:
+        pts_world: ``(h, w, 3)`` float32 points in the world frame (the first frame's
+            camera after the last reset; OpenCV axes: x right, y down, z forward), metres.
+        conf: ``(h, w)`` float32 confidence of ``pts_world`` (>= 1, higher is better).
+        pts_self: ``(h, w, 3)`` float32 points in this frame's camera, metres.
+        conf_self: ``(h, w)`` float32 confidence of ``pts_self``.
+        pose: ``(4, 4)`` float64 camera-to-world transform of this frame.
+        tokens: ``(1 + P, dec_dim)`` tensor: the camera (pose) token, then the P patch
+            tokens in row-major order, from the last decoder layer after its norm (what
+            VLM-3R consumes; P = 729 at 432x432 with the 512 model). On the model's
+            device for PyTorch, on CPU for ONNX Runtime.
+        image_size: ``(h, w)`` of the model input.
+        frame_index: index of the frame since the last reset (0 = world frame).
+        used_ray_map: whether known intrinsics + pose were fed as a ray map.
+    """
+
+    pts_world: np.ndarray
+    conf: np.ndarray
+    pts_self: np.ndarray
+    conf_self: np.ndarray
+    pose: np.ndarray
+    tokens: torch.Tensor
+    image_size: tuple[int, int]
+    frame_index: int
+    used_ray_map: bool
+
+
+@runtime_checkable
+class GeometryEncoder(Protocol):
+    """What the pipeline needs from a streaming geometry encoder."""
+
+    def reset(self) -> None:
+        """Forget the stream; the next frame starts a new world frame."""
+
+    def step(
+        self,
+        image: np.ndarray,
+        intrinsics: Optional[np.ndarray] = None,
+        cam_to_world: Optional[np.ndarray] = None,
+        update: bool = True,
+    ) -> FrameGeometry:
+        """Process one HxWx3 uint8 RGB frame and return its geometry."""
+
+
+class StreamBase:
+    """Preprocessing, ray maps and bookkeeping shared by the PyTorch and ONNX streams."""
+
+    def __init__(self, image_size: Optional[SizeSpec], resize_mode: str, patch_size: int) -> None:
+        """Store the preprocessing settings and start an empty stream."""
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.patch_size = patch_size
+        self._frame_index = 0
+        self._reference_pose: Optional[np.ndarray] = None
+
+    @property
+    def frame_index(self) -> int:
+        """Return the number of frames processed since the last reset."""
+        return self._frame_index
+
+    def reset(self) -> None:
+        """Forget the state and the pose memory; the next frame defines the world frame."""
+        self._frame_index = 0
+        self._reference_pose = None
+        self._reset_backend()
+
+    def _reset_backend(self) -> None:
+        """Drop backend state (implemented by subclasses)."""
+        raise NotImplementedError
+
+    def _run(
+        self, img: torch.Tensor, rays: Optional[np.ndarray], is_first: bool, update: bool
+    ) -> dict[str, object]:
+        """Run one step; return numpy outputs and the token tensor (subclasses)."""
+        raise NotImplementedError
+
+    def _input_size(self, image: np.ndarray) -> SizeSpec:
+        """Return the size spec used for ``image`` (subclasses may derive a default)."""
+        if self.image_size is None:
+            raise ValueError('image_size is not set')
+        return self.image_size
+
+    def step(
+        self,
+        image: np.ndarray,
+        intrinsics: Optional[np.ndarray] = None,
+        cam_to_world: Optional[np.ndarray] = None,
+        update: bool = True,
+    ) -> FrameGeometry:
+        """Process one frame.
+
+        Args:
+            image: HxWx3 uint8 RGB.
+            intrinsics: optional 3x3 intrinsics of ``image`` (pixels).
+            cam_to_world: optional 4x4 known camera pose (metres). On the first frame
+                after a reset it becomes the reference; later poses are taken relative
+                to it (or, if the first frame had none, as already relative to the first
+                frame). When a later frame has both ``intrinsics`` and ``cam_to_world``
+                they are fed as a ray map (as in CUT3R training, the first frame never
+                gets one).
+            update: write this frame into the state (official ``update`` gate); False
+                queries the scene without changing it.
+
+        Returns:
+            The frame's :class:`FrameGeometry`.
+
+        Raises:
+            ValueError: bad image, intrinsics or pose shapes, or a preprocessed size
+                the backend cannot take.
+        """
+        is_first = self._frame_index == 0
+        img, transform = preprocess_image(
+            image, self._input_size(image), self.resize_mode, self.patch_size
+        )
+        rays = None
+        if is_first and cam_to_world is not None:
+            self._reference_pose = np.asarray(cam_to_world, dtype=np.float64).copy()
+            if self._reference_pose.shape != (4, 4):
+                raise ValueError(f'cam_to_world must be 4x4, got {self._reference_pose.shape}')
+        elif intrinsics is not None and cam_to_world is not None:
+            k = transform.apply_to_intrinsics(intrinsics)
+            rays = ray_map(k, relative_pose(self._reference_pose, cam_to_world), transform.out_size)
+        out = self._run(img, rays, is_first, update)
+        self._frame_index += 1
+        return FrameGeometry(
+            pts_world=np.asarray(out['pts_world'], dtype=np.float32),
+            conf=np.asarray(out['conf'], dtype=np.float32),
+            pts_self=np.asarray(out['pts_self'], dtype=np.float32),
+            conf_self=np.asarray(out['conf_self'], dtype=np.float32),
+            pose=pose_encoding_to_matrix(np.asarray(out['camera_pose'])),
+            tokens=out['tokens'],  # type: ignore[arg-type]
+            image_size=transform.out_size,
+            frame_index=self._frame_index - 1,
+            used_ray_map=rays is not None,
+        )
+
+
+class Cut3rStream(StreamBase):
+    """Stream frames through a PyTorch :class:`Cut3rModel`.
+
+    Example::
+
+        stream = Cut3rStream(load_cut3r('cut3r_512_dpt_4_64.pth'), image_size=512)
+        for frame in frames:
+            geo = stream.step(frame)
+    """
+
+    def __init__(
+        self, model: Cut3rModel, image_size: SizeSpec = 512, resize_mode: str = 'crop'
+    ) -> None:
+        """Wrap ``model`` (put in eval mode).
+
+        Args:
+            model: the network (any device/dtype).
+            image_size: see :func:`preprocess.preprocess_image`; ``(432, 432)`` with
+                ``resize_mode='stretch'`` reproduces VLM-3R's input.
+            resize_mode: ``'crop'`` (official) or ``'stretch'``.
+        """
+        super().__init__(image_size, resize_mode, model.config.patch_size)
+        self.model = model.eval()
+        self._state: Optional[torch.Tensor] = None
+        self._mem: Optional[torch.Tensor] = None
+
+    def _reset_backend(self) -> None:
+        """Drop the state and memory tensors."""
+        self._state = None
+        self._mem = None
+
+    @property
+    def state_nbytes(self) -> int:
+        """Return the bytes held by the recurrent state and pose memory (0 after reset)."""
+        return sum(t.numel() * t.element_size() for t in (self._state, self._mem) if t is not None)
+
+    def _run(
+        self, img: torch.Tensor, rays: Optional[np.ndarray], is_first: bool, update: bool
+    ) -> dict[str, object]:
+        """Run ``model.step`` under inference mode and keep the new state."""
+        model = self.model
+        device = model.device
+        with torch.inference_mode():
+            if self._state is None or self._mem is None:
+                self._state, self._mem = model.init_state(1), model.init_mem(1)
+            out = model.step(
+                img.to(device),
+                self._state,
+                self._mem,
+                is_first=torch.tensor([is_first], device=device),
+                update=torch.tensor([update], device=device),
+                ray_map=None if rays is None else torch.from_numpy(rays)[None].to(device),
+            )
+            self._state, self._mem = out.state, out.mem
+            return {
+                'pts_world': out.pts_world[0].float().cpu().numpy(),
+                'conf': out.conf[0].float().cpu().numpy(),
+                'pts_self': out.pts_self[0].float().cpu().numpy(),
+                'conf_self': out.conf_self[0].float().cpu().numpy(),
+                'camera_pose': out.camera_pose[0].double().cpu().numpy(),
+                'tokens': out.tokens[0],
+            }
