@@ -69,7 +69,8 @@ def _bench_profile(model: Vlm3rModel, frame_counts: tuple[int, ...], repeats: in
         f'- encode_frame (SigLIP + {prof.fusion} fusion + projector + pooling + newlines), '
         f'480x640 input: **{1000 * statistics.median(encode_times):.1f} ms/frame** (median of '
         f'{len(encode_times)})',
-        f'- cached visual tokens per frame: {tuple(frame.shape)} {str(frame.dtype).replace("torch.", "")}'
+        f'- cached visual tokens per frame: {tuple(frame.shape)} '
+        f'{str(frame.dtype).replace("torch.", "")}'
         f' = **{frame_bytes / 1024:.1f} KiB/frame**',
         '',
         '| frames | visual tokens | first question (prefix miss) | repeated question (prefix hit) '
@@ -92,8 +93,10 @@ def _bench_profile(model: Vlm3rModel, frame_counts: tuple[int, ...], repeats: in
             follow.append(_timed(lambda: model.answer(FOLLOW_UP, frames), device))
         assert stats_miss is not None and stats_hit is not None and stats_hit.prefix_hit
         lines.append(
-            f'| {count} | {count * prof.tokens_per_frame} | {1000 * statistics.median(firsts):.1f} ms '
-            f'| {1000 * statistics.median(repeats_t):.1f} ms | {1000 * statistics.median(follow):.1f} ms '
+            f'| {count} | {count * prof.tokens_per_frame} '
+            f'| {1000 * statistics.median(firsts):.1f} ms '
+            f'| {1000 * statistics.median(repeats_t):.1f} ms '
+            f'| {1000 * statistics.median(follow):.1f} ms '
             f'| {stats_miss.prefilled_tokens} / {stats_hit.prefilled_tokens} '
             f'| {stats_hit.generated_tokens} | {kv_bytes / count / 1024:.1f} KiB |')
     model.clear_cache()

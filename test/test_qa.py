@@ -171,7 +171,8 @@ def test_answers_recomputed_independently(case):
             assert first == sorted(first) and min(np.diff(traj.times[first])) >= 1.0
         elif it.task == 'camera_displacement':
             i, j = it.frame_indices
-            assert it.answer == round(float(np.linalg.norm(traj.positions[j] - traj.positions[i])), 1)
+            moved = float(np.linalg.norm(traj.positions[j] - traj.positions[i]))
+            assert it.answer == round(moved, 1)
         elif it.task == 'camera_movement_direction':
             i, j = it.frame_indices
             fwd = traj.poses[i, :2, 2] / np.linalg.norm(traj.poses[i, :2, 2])
@@ -191,7 +192,8 @@ def test_answers_recomputed_independently(case):
             assert it.answer_text == min(d, key=d.get)
         elif it.task == 'obj_obj_relative_pos':
             pose = traj.poses[it.frame_indices[0]]
-            m = re.search(r'relative to the camera, is the (.+) \[Near/Far\] compared to the (.+)\?', q)
+            m = re.search(r'relative to the camera, is the (.+) \[Near/Far\] compared to '
+                          r'the (.+)\?', q)
             if m:
                 a, b, axis = m.group(1), m.group(2), 2
             else:
@@ -225,7 +227,8 @@ def check_route(scene, it):
         needs_turn = abs(ang) > 40
         assert needs_turn == pending, (it.question, ang)
         if needs_turn:
-            turns.append('Turn Back' if abs(ang) > 135 else 'Turn Left' if ang > 0 else 'Turn Right')
+            turns.append('Turn Back' if abs(ang) > 135
+                         else 'Turn Left' if ang > 0 else 'Turn Right')
         pending = False
         heading, pos = leg, target
     assert ', '.join(turns) == it.answer_text

@@ -11,7 +11,8 @@ from vlm3r_ros.models.video3d_pe import (
     video3d_position_encoding)
 
 
-def _reference_encoding(coord: tuple[float, float, float], dim: int, temperature: float) -> list[float]:
+def _reference_encoding(coord: tuple[float, float, float], dim: int,
+                        temperature: float) -> list[float]:
     """Element-by-element statement of the encoding, written independently of the module."""
     feats = dim // 3
     out: list[float] = []

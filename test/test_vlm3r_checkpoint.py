@@ -2,6 +2,7 @@
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from vlm3r_ros.models.vlm3r.checkpoint import CheckpointError, load_vlm3r
 from vlm3r_ros.models.vlm3r.model import Vlm3rModel
 
 TINY = get_profile('tiny')
+Inputs = tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]
 QUESTION = 'These are frames of a video.\nWhat is the distance between the bed and the tv?'
 
 
@@ -28,10 +30,11 @@ def source() -> Vlm3rModel:
 
 
 @pytest.fixture(scope='module')
-def inputs(source: Vlm3rModel) -> tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]:
+def inputs(source: Vlm3rModel) -> Inputs:
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     geometry = torch.randn(197, 48, generator=torch.Generator().manual_seed(0))
-    frames = [source.encode_frame(image, geometry), source.encode_frame(image[::-1].copy(), geometry)]
+    flipped = image[::-1].copy()
+    frames = [source.encode_frame(image, geometry), source.encode_frame(flipped, geometry)]
     return image, geometry, frames
 
 
@@ -42,7 +45,7 @@ def _write(model: Vlm3rModel, root: Path, **adapter_kwargs: object) -> tuple[Pat
     return base, lora
 
 
-def _edit_base(base: Path, edit) -> None:  # type: ignore[no-untyped-def]
+def _edit_base(base: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
     """Apply `edit(dict)` to the union of all shards and rewrite shards + index."""
     index_path = base / 'model.safetensors.index.json'
     index = json.loads(index_path.read_text())
@@ -58,7 +61,8 @@ def _edit_base(base: Path, edit) -> None:  # type: ignore[no-untyped-def]
 
 # --------------------------------------------------------------------------- name mapping
 def test_official_names_map_explicitly(source: Vlm3rModel) -> None:
-    assert ck.official_to_local('model.embed_tokens.weight') == 'language_model.model.embed_tokens.weight'
+    assert ck.official_to_local('model.embed_tokens.weight') == \
+        'language_model.model.embed_tokens.weight'
     assert ck.official_to_local('model.layers.3.self_attn.q_proj.bias') == \
         'language_model.model.layers.3.self_attn.q_proj.bias'
     assert ck.official_to_local('lm_head.weight') == 'language_model.lm_head.weight'
@@ -76,20 +80,24 @@ def test_official_names_map_explicitly(source: Vlm3rModel) -> None:
 
 
 # --------------------------------------------------------------------------- round trips
-def test_official_layout_round_trip_is_bit_identical(source: Vlm3rModel, inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_official_layout_round_trip_is_bit_identical(source: Vlm3rModel, inputs: Inputs,
+        tmp_path: Path) -> None:
     image, geometry, frames = inputs
     base, lora = _write(source, tmp_path)  # zero-B LoRA: merge is exact
     assert (base / 'model.safetensors.index.json').exists()
-    assert (lora / 'non_lora_trainables.bin').exists() and (lora / 'adapter_model.safetensors').exists()
+    assert (lora / 'non_lora_trainables.bin').exists()
+    assert (lora / 'adapter_model.safetensors').exists()
     loaded = load_vlm3r(base, lora, profile=TINY)
     assert torch.equal(loaded.encode_frame(image, geometry), frames[0])
-    assert torch.equal(loaded.next_token_logits(QUESTION, frames), source.next_token_logits(QUESTION, frames))
+    assert torch.equal(loaded.next_token_logits(QUESTION, frames),
+                       source.next_token_logits(QUESTION, frames))
     assert loaded.answer(QUESTION, frames) == source.answer(QUESTION, frames)
     for name, tensor in source.net.state_dict().items():
         assert torch.equal(tensor, loaded.net.state_dict()[name]), name
 
 
-def test_non_lora_trainables_override_base_projector(source: Vlm3rModel, inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_non_lora_trainables_override_base_projector(source: Vlm3rModel, inputs: Inputs,
+        tmp_path: Path) -> None:
     image, geometry, frames = inputs
     other_net = copy.deepcopy(source.net)
     with torch.no_grad():
@@ -103,7 +111,8 @@ def test_non_lora_trainables_override_base_projector(source: Vlm3rModel, inputs,
     assert torch.equal(loaded.encode_frame(image, geometry), frames[0])
 
 
-def test_lora_merge_equals_unmerged_forward(source: Vlm3rModel, inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lora_merge_equals_unmerged_forward(source: Vlm3rModel, inputs: Inputs,
+        tmp_path: Path) -> None:
     _, _, frames = inputs
     pairs = ck.random_lora_pairs(source, r=8, seed=5)
     assert len(pairs) == 7 * TINY.llm_num_layers and 'lm_head' not in pairs
@@ -113,7 +122,9 @@ def test_lora_merge_equals_unmerged_forward(source: Vlm3rModel, inputs, tmp_path
     modules = dict(source.net.named_modules())
     hooks = []
     for name, (lora_a, lora_b) in pairs.items():
-        layer = modules[ck.official_to_local(name + '.weight')[:-len('.weight')]]  # type: ignore[index]
+        local = ck.official_to_local(name + '.weight')
+        assert local is not None
+        layer = modules[local[:-len('.weight')]]
         hooks.append(layer.register_forward_hook(
             lambda mod, args, out, a=lora_a, b=lora_b: out + (args[0] @ a.T @ b.T) * (16 / 8)))
     try:
@@ -126,7 +137,8 @@ def test_lora_merge_equals_unmerged_forward(source: Vlm3rModel, inputs, tmp_path
     assert (got - source.next_token_logits(QUESTION, frames)).abs().max() > 1e-3
 
 
-def test_vision_weights_from_separate_siglip_dir(source: Vlm3rModel, inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_vision_weights_from_separate_siglip_dir(source: Vlm3rModel, inputs: Inputs,
+        tmp_path: Path) -> None:
     image, geometry, frames = inputs
     base, lora = _write(source, tmp_path)
     vision = {}
@@ -138,7 +150,8 @@ def test_vision_weights_from_separate_siglip_dir(source: Vlm3rModel, inputs, tmp
 
     _edit_base(base, split_vision)
     # A full SigLIP checkpoint also holds what the reference drops: text tower, head, last layer.
-    layer = {k.replace('layers.1.', 'layers.2.'): v.clone() for k, v in vision.items() if '.layers.1.' in k}
+    layer = {k.replace('layers.1.', 'layers.2.'): v.clone()
+             for k, v in vision.items() if '.layers.1.' in k}
     extras = {'text_model.embeddings.token_embedding.weight': torch.zeros(4, 4),
               'logit_scale': torch.zeros(1), 'vision_model.head.probe': torch.zeros(1, 1, 64),
               'vision_model.embeddings.position_ids': torch.arange(196)[None]}
@@ -229,8 +242,38 @@ def test_base_alone_needs_a_fusion_free_profile(source: Vlm3rModel, tmp_path: Pa
     assert torch.equal(pe_model.net.mm_projector[0].weight, source.net.mm_projector[0].weight)
 
 
-def test_from_profile_loads_local_dirs(source: Vlm3rModel, inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_from_profile_loads_local_dirs(source: Vlm3rModel, inputs: Inputs,
+        tmp_path: Path) -> None:
     image, geometry, frames = inputs
     base, lora = _write(source, tmp_path)
     loaded = Vlm3rModel.from_profile('tiny', base_model_dir=str(base), lora_dir=str(lora))
+    assert torch.equal(loaded.encode_frame(image, geometry), frames[0])
+
+
+def test_config_selects_geometry_tokens(source: Vlm3rModel, tmp_path: Path) -> None:
+    base, lora = _write(source, tmp_path)
+    config = json.loads((lora / 'config.json').read_text())
+    assert config['spatial_tower_select_feature'] == 'all'
+    config['spatial_tower_select_feature'] = 'patch_tokens'
+    (lora / 'config.json').write_text(json.dumps(config))
+    assert load_vlm3r(base, lora, profile=TINY).profile.geometry_select == 'patch_tokens'
+    config['spatial_tower_select_feature'] = 'depth_tokens'
+    (lora / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match='spatial_tower_select_feature'):
+        load_vlm3r(base, lora, profile=TINY)
+
+
+def test_full_single_dir_and_separate_non_lora_file(source: Vlm3rModel, inputs: Inputs,
+                                                     tmp_path: Path) -> None:
+    image, geometry, frames = inputs
+    ck.save_base_checkpoint(source, tmp_path / 'full', include_fusion=True)
+    full = load_vlm3r(tmp_path / 'full', None, profile=TINY)
+    assert torch.equal(full.encode_frame(image, geometry), frames[0])
+    base, lora = _write(source, tmp_path / 'split')
+    moved = tmp_path / 'trainables.bin'
+    (lora / 'non_lora_trainables.bin').rename(moved)
+    with pytest.raises(CheckpointError, match='non_lora_trainables'):
+        load_vlm3r(base, lora, profile=TINY)
+    loaded = Vlm3rModel.from_profile('tiny', base_model_dir=str(base), lora_dir=str(lora),
+                                     non_lora_path=str(moved))
     assert torch.equal(loaded.encode_frame(image, geometry), frames[0])

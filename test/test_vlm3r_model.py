@@ -78,7 +78,8 @@ def test_pool_tokens_bilinear_and_average() -> None:
     pooled = pool_tokens(tokens, 27, 2, 'bilinear')
     assert pooled.shape == (2, 196, 5)
     image = tokens.view(2, 27, 27, 5).permute(0, 3, 1, 2)
-    expected = F.interpolate(image, size=(14, 14), mode='bilinear').permute(0, 2, 3, 1).reshape(2, 196, 5)
+    expected = F.interpolate(image, size=(14, 14), mode='bilinear')
+    expected = expected.permute(0, 2, 3, 1).reshape(2, 196, 5)
     assert torch.equal(pooled, expected)
     averaged = pool_tokens(tokens, 27, 2, 'average')
     assert averaged.shape == (2, 169, 5)
@@ -193,7 +194,8 @@ def test_greedy_first_token_matches_full_forward(model: Vlm3rModel) -> None:
     assert logits.shape == (len(model.tokenizer),)
     text = model.answer(QUESTION, frames, max_new_tokens=1)
     token = int(torch.argmax(logits))
-    expected = '' if token in (0, 2) else model.tokenizer.decode([token], skip_special_tokens=True).strip()
+    decoded = model.tokenizer.decode([token], skip_special_tokens=True).strip()
+    expected = '' if token in (0, 2) else decoded
     assert text == expected
 
 
@@ -257,3 +259,31 @@ def test_empty_build_restores_buffers_and_keeps_rope_float32() -> None:
     tokens = bf16.encode_frame(_image(0), _geometry(0))
     assert tokens.dtype == torch.bfloat16 and torch.isfinite(tokens.float()).all()
     assert isinstance(bf16.answer(QUESTION, [tokens], max_new_tokens=3), str)
+
+
+def test_geometry_select_patch_tokens_drops_camera_token(model: Vlm3rModel) -> None:
+    patches_only = Vlm3rModel(model.net, model.tokenizer,
+                              get_profile('tiny', geometry_select='patch_tokens'))
+    geometry = _geometry(9)
+    assert torch.equal(patches_only.encode_frame(_image(9), geometry),
+                       model.encode_frame(_image(9), geometry[1:]))
+    assert not torch.equal(patches_only.encode_frame(_image(9), geometry),
+                           model.encode_frame(_image(9), geometry))
+
+
+def test_choose_scores_option_letters(model: Vlm3rModel) -> None:
+    frames = _frames(model, 3, seed=40)
+    prompt = ('These are frames of a video.\nWhich object is closest to the bed?\nOptions:\n'
+              'A. chair\nB. table\nC. sofa\nD. door\n'
+              "Answer with the option's letter from the given choices directly.")
+    index, probs = model.choose(prompt, frames, 4)
+    assert len(probs) == 4 and abs(sum(probs) - 1.0) < 1e-5 and probs[index] == max(probs)
+    assert model.last_stats is not None and model.last_stats.generated_tokens == 0
+    letter_ids = [model.tokenizer(c, add_special_tokens=False)['input_ids'][0] for c in 'ABCD']
+    expected = torch.softmax(model.next_token_logits(prompt, frames)[letter_ids], dim=0)
+    assert torch.allclose(torch.tensor(probs), expected, atol=1e-4)
+    again = model.choose(prompt, frames, 4)
+    assert model.last_stats is not None and model.last_stats.prefix_hit
+    assert again == (index, probs)
+    with pytest.raises(ValueError, match='n_options'):
+        model.choose(prompt, frames, 27)

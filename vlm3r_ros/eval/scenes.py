@@ -483,8 +483,8 @@ def make_scene(seed: int, width: float | None = None, depth: float | None = None
             z0 = float(rng.uniform(*spec.z_base))
             if spec.placement == 'wall':
                 wall = int(rng.integers(0, 4))
-                gap = 0.0 if category == 'door' else 0.02  # doors sit flush in the wall
-                x, y, yaw = _place_on_wall(rng, w, d, size, wall, gap)
+                flush = 0.0 if category == 'door' else 0.02  # doors sit in the wall plane
+                x, y, yaw = _place_on_wall(rng, w, d, size, wall, flush)
             else:
                 m = max(size[:2]) / 2.0 + 0.15
                 x = float(rng.uniform(-w / 2.0 + m, w / 2.0 - m))

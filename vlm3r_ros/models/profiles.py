@@ -16,6 +16,7 @@ FUSION_MODES: tuple[str, ...] = ('cross_attention', 'position_encoding')
 POOL_MODES: tuple[str, ...] = ('bilinear', 'average', 'max')
 NEWLINE_POSITIONS: tuple[str, ...] = ('grid', 'frame', 'no_token')
 DTYPES: tuple[str, ...] = ('float32', 'float16', 'bfloat16')
+GEOMETRY_SELECTIONS: tuple[str, ...] = ('all', 'patch_tokens', 'camera_tokens')
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Profile:
     geometry_dim: int = 768
     geometry_image_size: int = 432
     geometry_patch_size: int = 16
+    # Which geometry tokens the fusion attends to (reference `spatial_tower_select_feature`).
+    geometry_select: str = 'all'
     # Fusion of vision and geometry.
     fusion: str = 'cross_attention'
     fusion_num_heads: int = 18
@@ -79,6 +82,7 @@ class Profile:
     # Local weights (real profile only; tiny builds seeded random weights and its own tokenizer).
     base_model_dir: str | None = None
     lora_dir: str | None = None
+    non_lora_path: str | None = None
     vision_tower_dir: str | None = None
     tokenizer_dir: str | None = None
 
@@ -87,14 +91,20 @@ class Profile:
         if self.fusion not in FUSION_MODES:
             raise ValueError(f'fusion must be one of {FUSION_MODES}, got {self.fusion!r}')
         if self.spatial_pool_mode not in POOL_MODES:
-            raise ValueError(f'spatial_pool_mode must be one of {POOL_MODES}, got {self.spatial_pool_mode!r}')
+            raise ValueError(f'spatial_pool_mode must be one of {POOL_MODES}, '
+                             f'got {self.spatial_pool_mode!r}')
         if self.newline_position not in NEWLINE_POSITIONS:
             raise ValueError(
-                f'newline_position must be one of {NEWLINE_POSITIONS}, got {self.newline_position!r}')
+                f'newline_position must be one of {NEWLINE_POSITIONS}, '
+                f'got {self.newline_position!r}')
+        if self.geometry_select not in GEOMETRY_SELECTIONS:
+            raise ValueError(f'geometry_select must be one of {GEOMETRY_SELECTIONS}, '
+                             f'got {self.geometry_select!r}')
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
         if self.projector_type != 'mlp2x_gelu':
-            raise ValueError(f'only the mlp2x_gelu projector is implemented, got {self.projector_type!r}')
+            raise ValueError('only the mlp2x_gelu projector is implemented, '
+                             f'got {self.projector_type!r}')
         if self.vision_image_size < self.vision_patch_size:
             raise ValueError('vision_image_size must be at least vision_patch_size')
         if self.geometry_image_size % self.geometry_patch_size:
@@ -104,7 +114,8 @@ class Profile:
         if self.vision_hidden_size % self.fusion_num_heads:
             raise ValueError('vision_hidden_size must be divisible by fusion_num_heads')
         if self.llm_hidden_size % self.llm_num_heads or self.llm_num_heads % self.llm_num_kv_heads:
-            raise ValueError('llm heads must divide llm_hidden_size and be a multiple of llm_num_kv_heads')
+            raise ValueError('llm heads must divide llm_hidden_size and be a multiple of '
+                             'llm_num_kv_heads')
         if self.spatial_pool_stride < 1:
             raise ValueError('spatial_pool_stride must be >= 1')
         if self.max_cached_prefixes < 0:
@@ -114,7 +125,7 @@ class Profile:
 
     @property
     def vision_grid(self) -> int:
-        """Patches per side of the SigLIP grid (27 for so400m-384: the stride-14 conv drops 6 px)."""
+        """Patches per side of the SigLIP grid (27 at 384/14: the stride-14 conv drops 6 px)."""
         return self.vision_image_size // self.vision_patch_size
 
     @property

@@ -80,10 +80,14 @@ def points_from_depth(
     # General K with skew: solve the upper-triangular system directly.
     y_n = (v - np.float32(K[1, 2])) / np.float32(fy)
     x_n = (u - np.float32(K[0, 2]) - np.float32(K[0, 1]) * y_n) / np.float32(fx)
-    pts_cam = np.stack((x_n * zf, y_n * zf, zf), axis=1)
+    # World point = z * (R @ [x_n, y_n, 1]) + t, one axis at a time: elementwise NumPy
+    # avoids a BLAS (N, 3) @ (3, 3) call whose worker threads stall on busy CPUs.
     R = cam_to_world[:3, :3].astype(np.float32)
     t = cam_to_world[:3, 3].astype(np.float32)
-    return (pts_cam @ R.T + t).astype(np.float32, copy=False)
+    out = np.empty((zf.size, 3), dtype=np.float32)
+    for j in range(3):
+        out[:, j] = (R[j, 0] * x_n + R[j, 1] * y_n + R[j, 2]) * zf + t[j]
+    return out
 
 
 def voxel_keys(
@@ -124,13 +128,15 @@ def voxel_keys(
             raise ValueError(f'conf shape {c.shape} does not match points {lead}')
         keep = c.reshape(-1) >= min_conf
     # float64 so the division is exact enough for keys far from the origin.
-    grid = np.floor(pts.astype(np.float64) / float(voxel_size))
+    cols = [np.floor(pts[:, j].astype(np.float64) / float(voxel_size)) for j in range(3)]
     with np.errstate(invalid='ignore'):
         # NaN fails both comparisons; +-inf fails one of them.
-        inside = np.all((grid >= KEY_MIN) & (grid <= KEY_MAX), axis=1)
+        inside = (cols[0] >= KEY_MIN) & (cols[0] <= KEY_MAX)
+        for c in cols[1:]:
+            inside &= (c >= KEY_MIN) & (c <= KEY_MAX)
     keep = inside if keep is None else keep & inside
-    g = grid[keep].astype(np.int64) + KEY_OFFSET
-    packed = (g[:, 0] << (2 * KEY_BITS)) | (g[:, 1] << KEY_BITS) | g[:, 2]
+    gx, gy, gz = ((c[keep].astype(np.int64) + KEY_OFFSET) for c in cols)
+    packed = (gx << (2 * KEY_BITS)) | (gy << KEY_BITS) | gz
     return np.unique(packed)
 
 

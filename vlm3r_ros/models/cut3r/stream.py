@@ -75,6 +75,9 @@ class GeometryEncoder(Protocol):
 class StreamBase:
     """Preprocessing, ray maps and bookkeeping shared by the PyTorch and ONNX streams."""
 
+    #: Whether the backend can take a ray map (known intrinsics + pose).
+    supports_ray_map = True
+
     def __init__(self, image_size: Optional[SizeSpec], resize_mode: str, patch_size: int) -> None:
         """Store the preprocessing settings and start an empty stream."""
         self.image_size = image_size
@@ -127,7 +130,8 @@ class StreamBase:
                 to it (or, if the first frame had none, as already relative to the first
                 frame). When a later frame has both ``intrinsics`` and ``cam_to_world``
                 they are fed as a ray map (as in CUT3R training, the first frame never
-                gets one).
+                gets one). Backends without a ray-map input ignore them
+                (``FrameGeometry.used_ray_map`` says which happened).
             update: write this frame into the state (official ``update`` gate); False
                 queries the scene without changing it.
 
@@ -147,7 +151,7 @@ class StreamBase:
             self._reference_pose = np.asarray(cam_to_world, dtype=np.float64).copy()
             if self._reference_pose.shape != (4, 4):
                 raise ValueError(f'cam_to_world must be 4x4, got {self._reference_pose.shape}')
-        elif intrinsics is not None and cam_to_world is not None:
+        elif intrinsics is not None and cam_to_world is not None and self.supports_ray_map:
             k = transform.apply_to_intrinsics(intrinsics)
             rays = ray_map(k, relative_pose(self._reference_pose, cam_to_world), transform.out_size)
         out = self._run(img, rays, is_first, update)

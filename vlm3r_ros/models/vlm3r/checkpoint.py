@@ -93,7 +93,9 @@ def _dropped_vision_key(rest: str, kept_layers: int) -> bool:
 
 def _is_known_unused(name: str, kept_layers: int) -> bool:
     """True for official names deliberately not loaded (documented reference behaviour)."""
-    return name.startswith(_VISION_PREFIX) and _dropped_vision_key(name[len(_VISION_PREFIX):], kept_layers)
+    if not name.startswith(_VISION_PREFIX):
+        return False
+    return _dropped_vision_key(name[len(_VISION_PREFIX):], kept_layers)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -108,8 +110,10 @@ def _config_int(config: Mapping[str, Any], key: str, default: int | None = None)
 def profile_from_config(profile: Profile, config: Mapping[str, Any]) -> Profile:
     """Return `profile` with the LLM sizes of a LLaVA-Qwen `config.json`, after consistency checks.
 
-    The vision tower, geometry and pooling numbers stay the profile's (the reference takes
-    SigLIP's sizes from its own defaults and pooling from evaluation overrides). rope_scaling
+    `spatial_tower_select_feature` sets which geometry tokens are fused ('all' = camera token
+    + patches). The vision tower, geometry and pooling numbers stay the profile's (the
+    reference takes SigLIP's sizes from its own defaults and pooling from evaluation
+    overrides). rope_scaling
     and tie_word_embeddings are ignored because the reference forces them to None / False.
     Raises CheckpointError when the config contradicts the profile.
     """
@@ -117,7 +121,7 @@ def profile_from_config(profile: Profile, config: Mapping[str, Any]) -> Profile:
     if theta is None and isinstance(config.get('rope_parameters'), Mapping):
         theta = config['rope_parameters'].get('rope_theta')
     heads = _config_int(config, 'num_attention_heads')
-    llm: dict[str, Any] = {
+    updates: dict[str, Any] = {
         'llm_hidden_size': _config_int(config, 'hidden_size'),
         'llm_intermediate_size': _config_int(config, 'intermediate_size'),
         'llm_num_layers': _config_int(config, 'num_hidden_layers'),
@@ -129,6 +133,15 @@ def profile_from_config(profile: Profile, config: Mapping[str, Any]) -> Profile:
         'llm_rope_theta': float(theta if theta is not None else profile.llm_rope_theta),
         'llm_rms_norm_eps': float(config.get('rms_norm_eps', profile.llm_rms_norm_eps)),
     }
+    select = config.get('spatial_tower_select_feature')
+    if select is not None:
+        parts = {part.strip() for part in str(select).split(',')}
+        if parts <= {'all', 'all_tokens'} or parts == {'camera_tokens', 'patch_tokens'}:
+            updates['geometry_select'] = 'all'
+        elif parts in ({'patch_tokens'}, {'camera_tokens'}):
+            updates['geometry_select'] = parts.pop()
+        else:
+            raise CheckpointError(f'config.json: unknown spatial_tower_select_feature {select!r}')
     problems: list[str] = []
     checks = (
         ('mm_hidden_size', profile.vision_hidden_size),
@@ -143,11 +156,12 @@ def profile_from_config(profile: Profile, config: Mapping[str, Any]) -> Profile:
     if fusion is not None and fusion != 'cross_attention':
         problems.append(f'fusion_block={fusion!r} is not implemented (only cross_attention)')
     if fusion is not None and profile.fusion != 'cross_attention':
-        problems.append(f'config has a {fusion} fusion block but profile fusion is {profile.fusion!r}')
+        problems.append(f'config has a {fusion} fusion block but profile fusion is '
+                        f'{profile.fusion!r}')
     if problems:
         raise CheckpointError('config.json does not match the profile: ' + '; '.join(problems))
     try:
-        return dataclasses.replace(profile, **llm)
+        return dataclasses.replace(profile, **updates)
     except ValueError as exc:
         raise CheckpointError(f'config.json gives invalid sizes: {exc}') from exc
 
@@ -176,7 +190,7 @@ def llava_config(profile: Profile, vocab_size: int, *, with_fusion: bool) -> dic
     if with_fusion:
         config.update({'fusion_block': 'cross_attention', 'spatial_tower': 'cut3r',
                        'spatial_feature_dim': profile.geometry_dim,
-                       'spatial_tower_select_feature': 'all'})
+                       'spatial_tower_select_feature': profile.geometry_select})
     return config
 
 
@@ -194,15 +208,19 @@ def _strip_non_lora_prefix(names: Iterable[str]) -> dict[str, str]:
     return stripped
 
 
-def _read_non_lora(directory: Path) -> TensorStore:
-    """Read non_lora_trainables (.bin or .safetensors) renamed to official model names."""
+def _non_lora_file(directory: Path) -> Path:
+    """Return the non_lora_trainables file in `directory`; raises CheckpointError if none."""
     for filename in NON_LORA_FILES:
-        path = directory / filename
-        if path.exists():
-            store = read_weights_file(path)
-            renames = _strip_non_lora_prefix(list(store))
-            return store.renamed(lambda name: renames[name])
+        if (directory / filename).exists():
+            return directory / filename
     raise CheckpointError(f'{directory} holds no ' + ' or '.join(NON_LORA_FILES))
+
+
+def _read_non_lora(path: Path) -> TensorStore:
+    """Read non_lora_trainables (.bin or .safetensors) renamed to official model names."""
+    store = read_weights_file(path)
+    renames = _strip_non_lora_prefix(list(store))
+    return store.renamed(lambda name: renames[name])
 
 
 def _siglip_to_official(name: str) -> str | None:
@@ -237,7 +255,8 @@ def _collect(target: TensorStore, source: TensorStore, rename: Callable[[str], s
         if local is None:
             unmapped.append(f'{name} ({source.origin(name)})')
             continue
-        target.add(local, source.shape(name), lambda n=name, s=source: s.load(n), source.origin(name))
+        target.add(local, source.shape(name), lambda n=name, s=source: s.load(n),
+                   source.origin(name))
 
 
 def _check_lora(adapter: LoraAdapter, net: nn.Module) -> list[str]:
@@ -248,7 +267,8 @@ def _check_lora(adapter: LoraAdapter, net: nn.Module) -> list[str]:
     bad_shape: list[str] = []
     for module, (lora_a, lora_b) in adapter.pairs.items():
         local = official_to_local(module + '.weight') or ''
-        layer = modules.get(local[:-len('.weight')]) if local.startswith('language_model.') else None
+        is_llm = local.startswith('language_model.')
+        layer = modules.get(local[:-len('.weight')]) if is_llm else None
         if not isinstance(layer, nn.Linear):
             unknown.append(module)
         elif lora_a.shape[1] != layer.in_features or lora_b.shape[0] != layer.out_features:
@@ -258,7 +278,8 @@ def _check_lora(adapter: LoraAdapter, net: nn.Module) -> list[str]:
                 if targets_module(adapter.target_modules, name)]
     missing = sorted(set(targeted) - set(adapter.pairs))
     if unknown:
-        problems.append(format_names('adapter modules that are not LLM Linear layers', sorted(unknown)))
+        problems.append(format_names('adapter modules that are not LLM Linear layers',
+                                     sorted(unknown)))
     if bad_shape:
         problems.append(format_names('mis-shaped lora pairs', sorted(bad_shape)))
     if missing:
@@ -268,13 +289,16 @@ def _check_lora(adapter: LoraAdapter, net: nn.Module) -> list[str]:
 
 def load_vlm3r(base_dir: str | Path, lora_dir: str | Path | None = None, *,
                profile: Profile | None = None, vision_tower_dir: str | Path | None = None,
-               tokenizer_dir: str | Path | None = None, device: str | None = None,
-               dtype: str | None = None) -> Vlm3rModel:
+               tokenizer_dir: str | Path | None = None, non_lora_path: str | Path | None = None,
+               device: str | None = None, dtype: str | None = None) -> Vlm3rModel:
     """Load a `Vlm3rModel` from local official-layout directories (never the hub).
 
     `base_dir`: the LLaVA-NeXT-Video-Qwen2 base. `lora_dir`: the VLM-3R release (config.json,
     non_lora_trainables, LoRA adapter, merged into the weights); None loads the base alone.
     `vision_tower_dir`: optional HF SigLIP checkpoint for vision weights the base lacks.
+    `non_lora_path`: the non_lora_trainables file when it is not inside `lora_dir` (also
+    usable without a LoRA). A base directory that itself holds `model.fusion_block.*` (a full
+    checkpoint, see `save_base_checkpoint(include_fusion=True)`) needs neither.
     `tokenizer_dir` defaults to `base_dir`. `profile` defaults to 'vlm3r-7b'; `device`/`dtype`
     override it. Raises CheckpointError for missing/corrupt files, config contradictions, and
     any unmapped, missing or mis-shaped tensor (all listed).
@@ -302,12 +326,16 @@ def load_vlm3r(base_dir: str | Path, lora_dir: str | Path | None = None, *,
                  unmapped, ignore=_siglip_text_side)
     _collect(store, read_safetensors_dir(base), lambda n: n, kept, unmapped)
     adapter: LoraAdapter | None = None
+    if non_lora_path is not None:
+        _collect(store, _read_non_lora(Path(non_lora_path)), lambda n: n, kept, unmapped)
+    elif adapter_dir is not None:
+        _collect(store, _read_non_lora(_non_lora_file(adapter_dir)), lambda n: n, kept, unmapped)
     if adapter_dir is not None:
-        _collect(store, _read_non_lora(adapter_dir), lambda n: n, kept, unmapped)
         adapter = read_lora_adapter(adapter_dir)
 
-    with torch.device('meta'):
-        expected = {name: tuple(t.shape) for name, t in Vlm3rNet(prof, vocab).state_dict().items()}
+    with torch.device('meta'):  # shapes only: no memory, no init
+        skeleton = Vlm3rNet(prof, vocab)
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     problems: list[str] = []
     if unmapped:
         problems.append(format_names('unmapped checkpoint tensors', sorted(unmapped)))
@@ -324,12 +352,14 @@ def load_vlm3r(base_dir: str | Path, lora_dir: str | Path | None = None, *,
         problems.append(format_names('mis-shaped tensors', mis_shaped))
     if problems:
         raise CheckpointError('checkpoint does not match the model: ' + '; '.join(problems))
-
-    net = build_network(prof, vocab, device=prof.device, dtype=torch_dtype(prof.dtype), init='empty')
     if adapter is not None:
-        lora_problems = _check_lora(adapter, net)
+        lora_problems = _check_lora(adapter, skeleton)
         if lora_problems:
             raise CheckpointError(f'{adapter_dir}: ' + '; '.join(lora_problems))
+
+    # Only now, with everything validated, allocate the real weights on the target device.
+    net = build_network(prof, vocab, device=prof.device, dtype=torch_dtype(prof.dtype),
+                        init='empty')
     targets = net.state_dict(keep_vars=True)
     with torch.no_grad():
         for name in expected:
@@ -376,7 +406,9 @@ def random_lora_pairs(model: Vlm3rModel, r: int, seed: int, std: float = 0.02,
     modules = dict(model.net.named_modules())
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in llm_lora_target_modules(model):
-        layer = modules[official_to_local(name + '.weight')[:-len('.weight')]]  # type: ignore[index]
+        local = official_to_local(name + '.weight')
+        assert local is not None
+        layer = modules[local[:-len('.weight')]]
         lora_a = torch.randn(r, layer.in_features, generator=generator) * std
         lora_b = torch.zeros(layer.out_features, r) if zero_b else \
             torch.randn(layer.out_features, r, generator=generator) * std
@@ -385,22 +417,24 @@ def random_lora_pairs(model: Vlm3rModel, r: int, seed: int, std: float = 0.02,
 
 
 def save_base_checkpoint(model: Vlm3rModel, directory: str | Path,
-                         max_shard_bytes: int | None = None) -> None:
+                         max_shard_bytes: int | None = None, include_fusion: bool = False) -> None:
     """Write the base (LLaVA-NeXT-Video) layout: config.json, safetensors, tokenizer files.
 
-    Holds every weight except the fusion block (the base model has none), plus the SigLIP
-    post_layernorm that official files carry but the reference never applies. Sharded with an
-    index when `max_shard_bytes` is given and exceeded.
+    Holds every weight except the fusion block (the base model has none; `include_fusion`
+    writes a single full checkpoint instead), plus the SigLIP post_layernorm that official
+    files carry but the reference never applies. Sharded with an index when `max_shard_bytes`
+    is given and exceeded.
     """
     path = Path(directory)
     tensors = {k: v for k, v in official_state_dict(model.net).items()
-               if not k.startswith('model.fusion_block.')}
+               if include_fusion or not k.startswith('model.fusion_block.')}
     width = model.profile.vision_hidden_size
     tensors[_VISION_PREFIX + 'post_layernorm.weight'] = torch.ones(width, dtype=model.dtype)
     tensors[_VISION_PREFIX + 'post_layernorm.bias'] = torch.zeros(width, dtype=model.dtype)
     write_safetensors_dir(path, tensors, max_shard_bytes)
     vocab = model.net.language_model.get_input_embeddings().weight.shape[0]
-    write_json(path / 'config.json', llava_config(model.profile, vocab, with_fusion=False))
+    with_fusion = include_fusion and model.net.fusion_block is not None
+    write_json(path / 'config.json', llava_config(model.profile, vocab, with_fusion=with_fusion))
     model.tokenizer.save_pretrained(str(path))
 
 
@@ -425,9 +459,11 @@ def save_vlm3r_adapter(model: Vlm3rModel, directory: str | Path,
     if non_lora_format == 'bin':
         torch.save(trainables, str(path / 'non_lora_trainables.bin'))
     elif non_lora_format == 'safetensors':
-        save_file(trainables, str(path / 'non_lora_trainables.safetensors'), metadata={'format': 'pt'})
+        save_file(trainables, str(path / 'non_lora_trainables.safetensors'),
+                  metadata={'format': 'pt'})
     else:
         raise ValueError(f'unknown non_lora_format {non_lora_format!r}')
-    pairs = lora_pairs if lora_pairs is not None else random_lora_pairs(model, r, seed=0, zero_b=True)
+    pairs = lora_pairs if lora_pairs is not None else \
+        random_lora_pairs(model, r, seed=0, zero_b=True)
     write_lora_adapter(path, pairs, r=r, alpha=alpha,
                        target_modules=llm_lora_target_modules(model), fmt=adapter_format)

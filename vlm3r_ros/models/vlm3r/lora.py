@@ -47,7 +47,8 @@ def _adapter_weights_path(directory: Path) -> Path:
     for name in ('adapter_model.safetensors', 'adapter_model.bin'):
         if (directory / name).exists():
             return directory / name
-    raise CheckpointError(f'{directory} holds neither adapter_model.safetensors nor adapter_model.bin')
+    raise CheckpointError(
+        f'{directory} holds neither adapter_model.safetensors nor adapter_model.bin')
 
 
 def read_lora_adapter(directory: Path) -> LoraAdapter:
@@ -73,17 +74,21 @@ def read_lora_adapter(directory: Path) -> LoraAdapter:
         alpha = float(config['lora_alpha'])
         raw_targets = config['target_modules']
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f'adapter_config.json lacks a valid r / lora_alpha / target_modules: {exc}') from exc
+        raise CheckpointError(
+            f'adapter_config.json lacks a valid r / lora_alpha / target_modules: {exc}') from exc
     if rank <= 0:
         raise CheckpointError(f'adapter rank must be positive, got {rank}')
-    targets: tuple[str, ...] | str = raw_targets if isinstance(raw_targets, str) else tuple(raw_targets)
+    targets: tuple[str, ...] | str = \
+        raw_targets if isinstance(raw_targets, str) else tuple(raw_targets)
     scale = alpha / math.sqrt(rank) if config.get('use_rslora') else alpha / rank
 
     store: TensorStore = read_weights_file(_adapter_weights_path(directory))
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
     for key in store:
-        match = _LORA_KEY.match(key[len(ADAPTER_PREFIX):]) if key.startswith(ADAPTER_PREFIX) else None
+        match = None
+        if key.startswith(ADAPTER_PREFIX):
+            match = _LORA_KEY.match(key[len(ADAPTER_PREFIX):])
         if match is None:
             unknown.append(key)
             continue
@@ -108,7 +113,8 @@ def read_lora_adapter(directory: Path) -> LoraAdapter:
 
 
 @torch.no_grad()
-def merge_lora_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> None:
+def merge_lora_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                scale: float) -> None:
     """In place: weight += (B @ A) * scale, computed in float32 on the weight's device."""
     a = lora_a.to(device=weight.device, dtype=torch.float32)
     b = lora_b.to(device=weight.device, dtype=torch.float32)
@@ -133,8 +139,9 @@ def write_lora_adapter(directory: Path, pairs: Mapping[str, tuple[torch.Tensor, 
         'base_model_name_or_path': 'lmms-lab/LLaVA-NeXT-Video-7B-Qwen2'})
     tensors: dict[str, torch.Tensor] = {}
     for module, (lora_a, lora_b) in pairs.items():
-        tensors[f'{ADAPTER_PREFIX}{module}.lora_A.weight'] = lora_a.detach().cpu().contiguous().clone()
-        tensors[f'{ADAPTER_PREFIX}{module}.lora_B.weight'] = lora_b.detach().cpu().contiguous().clone()
+        for part, tensor in (('A', lora_a), ('B', lora_b)):
+            key = f'{ADAPTER_PREFIX}{module}.lora_{part}.weight'
+            tensors[key] = tensor.detach().cpu().contiguous().clone()
     if fmt == 'safetensors':
         save_file(tensors, str(directory / 'adapter_model.safetensors'), metadata={'format': 'pt'})
     elif fmt == 'bin':

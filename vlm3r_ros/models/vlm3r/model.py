@@ -3,7 +3,7 @@
 Per frame (`encode_frame`, cached by the pipeline so a question never re-runs vision/geometry):
 SigLIP features -> fusion with CUT3R tokens (cross-attention, VLM-3R) -> mlp2x_gelu projector
 -> 2x2 pooling -> [+ Video-3D LLM position encoding] -> newline tokens.
-Per question (`answer`): qwen_1_5 conversation with all frames' tokens at the `<image>`
+Per question (`answer`, `choose`): qwen_1_5 conversation with all frames' tokens at the `<image>`
 position, greedy decoding. The KV cache of the prefix (system text + visual tokens) is kept in
 a small LRU keyed by the frame set, so a repeated question only prefills the question tokens.
 
@@ -13,9 +13,11 @@ global state.
 
 from __future__ import annotations
 
+import contextlib
+import string
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +65,8 @@ class Vlm3rModel:
         """
         vocab_rows = net.language_model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > vocab_rows:
-            raise ValueError(f'tokenizer has {len(tokenizer)} tokens but the LLM only {vocab_rows} rows')
+            raise ValueError(f'tokenizer has {len(tokenizer)} tokens but the LLM only '
+                             f'{vocab_rows} rows')
         if (profile.fusion == 'cross_attention') != (net.fusion_block is not None):
             raise ValueError(f'network does not match fusion mode {profile.fusion!r}')
         self._net = net.eval()
@@ -89,7 +92,8 @@ class Vlm3rModel:
             from vlm3r_ros.models.vlm3r.checkpoint import load_vlm3r  # avoid an import cycle
             return load_vlm3r(prof.base_model_dir, prof.lora_dir, profile=prof,
                               vision_tower_dir=prof.vision_tower_dir,
-                              tokenizer_dir=prof.tokenizer_dir)
+                              tokenizer_dir=prof.tokenizer_dir,
+                              non_lora_path=prof.non_lora_path)
         if prof.seed is None:
             raise ValueError(f'profile {prof.name!r} needs base_model_dir (and lora_dir) with '
                              'local weights; random weights are only built for seeded profiles')
@@ -162,8 +166,16 @@ class Vlm3rModel:
         if tokens.ndim == 3 and tokens.shape[0] == 1:
             tokens = tokens[0]
         if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] != self._profile.geometry_dim:
-            raise ValueError(f'geometry_tokens must have shape (1 + P, {self._profile.geometry_dim}), '
+            raise ValueError('geometry_tokens must have shape '
+                             f'(1 + P, {self._profile.geometry_dim}), '
                              f'got {tuple(tokens.shape)}')
+        select = self._profile.geometry_select
+        if select == 'patch_tokens':
+            tokens = tokens[1:]
+        elif select == 'camera_tokens':
+            tokens = tokens[:1]
+        if tokens.shape[0] < 1:
+            raise ValueError(f'geometry_tokens hold no {select} (camera token first, then patches)')
         return tokens.to(device=self.device, dtype=self.dtype)[None]
 
     def encode_frame(self, image: np.ndarray, geometry_tokens: torch.Tensor | None = None,
@@ -171,7 +183,8 @@ class Vlm3rModel:
         """Return one frame's visual tokens, shape (tokens_per_frame, hidden_size).
 
         `image` is (H, W, 3) uint8 RGB. fusion 'cross_attention' needs `geometry_tokens`
-        (1 + P, geometry_dim) from CUT3R (camera token first); 'position_encoding' needs
+        (1 + P, geometry_dim) from CUT3R (camera token first; `profile.geometry_select` picks
+        all of them, only the patches or only the camera token); 'position_encoding' needs
         `world_points` (H', W', 3) world xyz in metres (non-finite = invalid). Unused inputs are
         ignored. Raises ValueError when a needed input is missing or malformed.
         """
@@ -236,6 +249,34 @@ class Vlm3rModel:
         text = self._tokenizer.decode([i for i in ids if i < size], skip_special_tokens=True)
         return text.strip()
 
+    @contextlib.contextmanager
+    def _prefixed(self, prompt: str, frame_tokens: Sequence[torch.Tensor],
+                  prefix_key: Hashable | None) -> Iterator[tuple[PrefixEntry, bool, torch.Tensor]]:
+        """Yield (prefix entry, cache hit, question token ids); restore the prefix on exit.
+
+        Caller holds the lock and no_grad. The entry's cache holds exactly the prefix on entry;
+        whatever the caller appends (question, answer tokens) is cropped away afterwards, even
+        on errors, so the next question starts from the prefix again.
+        """
+        frames = self._frames(frame_tokens)
+        chat = qwen_1_5_prompt(prompt, self._profile.system_prompt, has_image=bool(frames))
+        key = prefix_key if prefix_key is not None else tuple(id(t) for t in frame_tokens)
+        entry = self._prefix_cache.lookup(key, frame_tokens)
+        hit = entry is not None
+        if entry is None:
+            entry = self._prefill_prefix(chat.prefix, frames, list(frame_tokens))
+            self._prefix_cache.store(key, entry)
+        try:
+            yield entry, hit, self._ids(chat.suffix)
+        finally:
+            truncate_cache(entry.cache, entry.length)
+
+    def _extend(self, entry: PrefixEntry, ids: torch.Tensor) -> torch.Tensor:
+        """Append (n,) token ids to the entry's cache; return the next token's logits (vocab,)."""
+        output = self._net.language_model(input_ids=ids[None], past_key_values=entry.cache,
+                                          use_cache=True, logits_to_keep=1)
+        return output.logits[0, -1]
+
     def answer(self, prompt: str, frame_tokens: Sequence[torch.Tensor], max_new_tokens: int = 16,
                prefix_key: Hashable | None = None) -> str:
         """Answer `prompt` about the frames by greedy decoding; return the stripped text.
@@ -243,48 +284,62 @@ class Vlm3rModel:
         `prompt` is the full user text; the visual tokens of `frame_tokens` (encode_frame
         results, in time order) go at the reference `<image>` position before it. The prefix
         KV cache is looked up by `prefix_key` (default: the identities of the frame tensors) and
-        only reused when the frames are the same tensors; see `last_stats`. Decoding stops at
-        `<|im_end|>` / `<|endoftext|>` or after `max_new_tokens`. Raises ValueError for
-        malformed frames or a negative `max_new_tokens`.
+        only reused when the frames are the same tensors (or equal ones); see `last_stats`.
+        Decoding stops at `<|im_end|>` / `<|endoftext|>` or after `max_new_tokens`. Raises
+        ValueError for malformed frames or a negative `max_new_tokens`.
         """
         if max_new_tokens < 0:
             raise ValueError('max_new_tokens must be >= 0')
         start = time.perf_counter()
-        with self._lock, torch.no_grad():
-            frames = self._frames(frame_tokens)
-            chat = qwen_1_5_prompt(prompt, self._profile.system_prompt, has_image=bool(frames))
-            key = prefix_key if prefix_key is not None else tuple(id(t) for t in frame_tokens)
-            entry = self._prefix_cache.lookup(key, frame_tokens)
-            hit = entry is not None
-            if entry is None:
-                entry = self._prefill_prefix(chat.prefix, frames, list(frame_tokens))
-                self._prefix_cache.store(key, entry)
-            suffix = self._ids(chat.suffix)
-            generated: list[int] = []
-            language_model = self._net.language_model
-            try:
-                if max_new_tokens > 0:
-                    logits = language_model(input_ids=suffix[None], past_key_values=entry.cache,
-                                            use_cache=True, logits_to_keep=1).logits[0, -1]
-                    for step in range(max_new_tokens):
-                        token = int(torch.argmax(logits))
-                        if token in self._stop_ids:
-                            break
-                        generated.append(token)
-                        if step + 1 == max_new_tokens:
-                            break
-                        step_ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                        logits = language_model(input_ids=step_ids, past_key_values=entry.cache,
-                                                use_cache=True, logits_to_keep=1).logits[0, -1]
-            finally:
-                # Always restore the prefix so the next question starts from it.
-                truncate_cache(entry.cache, entry.length)
-            question_tokens = int(suffix.shape[0]) if max_new_tokens > 0 else 0
-            self.last_stats = AnswerStats(
-                prefix_hit=hit, prefix_tokens=entry.length,
-                prefilled_tokens=question_tokens + (0 if hit else entry.length),
-                generated_tokens=len(generated), seconds=time.perf_counter() - start)
-            return self._decode(generated)
+        generated: list[int] = []
+        with self._lock, torch.no_grad(), \
+                self._prefixed(prompt, frame_tokens, prefix_key) as (entry, hit, question):
+            if max_new_tokens > 0:
+                logits = self._extend(entry, question)
+                for step in range(max_new_tokens):
+                    token = int(torch.argmax(logits))
+                    if token in self._stop_ids:
+                        break
+                    generated.append(token)
+                    if step + 1 < max_new_tokens:
+                        logits = self._extend(entry, torch.tensor([token], device=self.device))
+            question_tokens = int(question.shape[0]) if max_new_tokens > 0 else 0
+            self._record(hit, entry, question_tokens, len(generated), start)
+        return self._decode(generated)
+
+    def choose(self, prompt: str, frame_tokens: Sequence[torch.Tensor], n_options: int,
+               prefix_key: Hashable | None = None) -> tuple[int, list[float]]:
+        """Score the option letters A.. as the first answer token; return (index, probabilities).
+
+        Probabilities are a softmax over the `n_options` letter logits only (they sum to 1);
+        the index is the most likely letter. Uses the same prompt and prefix cache as `answer`.
+        Raises ValueError for n_options outside 1..26 or malformed frames.
+        """
+        if not 1 <= n_options <= 26:
+            raise ValueError(f'n_options must be in 1..26, got {n_options}')
+        letter_ids = [self._letter_id(letter) for letter in string.ascii_uppercase[:n_options]]
+        start = time.perf_counter()
+        with self._lock, torch.no_grad(), \
+                self._prefixed(prompt, frame_tokens, prefix_key) as (entry, hit, question):
+            logits = self._extend(entry, question).float()
+            self._record(hit, entry, int(question.shape[0]), 0, start)
+        probs = torch.softmax(logits[letter_ids], dim=0)
+        return int(torch.argmax(probs)), [float(p) for p in probs]
+
+    def _letter_id(self, letter: str) -> int:
+        """Return the token id an answer starting with `letter` begins with."""
+        ids = self._tokenizer(letter, add_special_tokens=False)['input_ids']
+        if not ids:
+            raise ValueError(f'the tokenizer cannot encode option letter {letter!r}')
+        return int(ids[0])
+
+    def _record(self, hit: bool, entry: PrefixEntry, question_tokens: int, generated: int,
+                start: float) -> None:
+        """Store `last_stats` for the call that started at `start`."""
+        self.last_stats = AnswerStats(
+            prefix_hit=hit, prefix_tokens=entry.length,
+            prefilled_tokens=question_tokens + (0 if hit else entry.length),
+            generated_tokens=generated, seconds=time.perf_counter() - start)
 
     def next_token_logits(self, prompt: str, frame_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return float32 (vocab,) logits of the first answer token, computed without any cache.

@@ -57,7 +57,8 @@ def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float], std: S
     """
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f'image must be an (H, W, 3) uint8 RGB array, got {array.shape} {array.dtype}')
+        raise ValueError('image must be an (H, W, 3) uint8 RGB array, '
+                         f'got {array.shape} {array.dtype}')
     pixels = torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(2, 0, 1)[None].float()
     if pixels.shape[-2:] != (size, size):
         pixels = F.interpolate(pixels, size=(size, size), mode='bicubic', align_corners=False,

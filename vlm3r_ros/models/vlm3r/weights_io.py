@@ -124,7 +124,8 @@ def read_safetensors(path: Path, names: list[str] | None = None) -> TensorStore:
     wanted = list(available) if names is None else names
     missing = [name for name in wanted if name not in available]
     if missing:
-        raise CheckpointError(f'{path}: ' + format_names('tensors listed but absent', sorted(missing)))
+        raise CheckpointError(
+            f'{path}: ' + format_names('tensors listed but absent', sorted(missing)))
     store = TensorStore()
     for name in sorted(wanted):
         shape = tuple(handle.get_slice(name).get_shape())
@@ -175,11 +176,13 @@ def read_safetensors_dir(directory: Path) -> TensorStore:
         for filename, names in sorted(by_file.items()):
             shard = read_safetensors(directory / filename, names)
             for name in shard:
-                store.add(name, shard.shape(name), lambda n=name, s=shard: s.load(n), shard.origin(name))
+                store.add(name, shard.shape(name), lambda n=name, s=shard: s.load(n),
+                          shard.origin(name))
         return store
     if single.exists():
         return read_safetensors(single)
-    raise CheckpointError(f'{directory} holds neither model.safetensors.index.json nor model.safetensors')
+    raise CheckpointError(
+        f'{directory} holds neither model.safetensors.index.json nor model.safetensors')
 
 
 def write_safetensors_dir(directory: Path, tensors: Mapping[str, torch.Tensor],

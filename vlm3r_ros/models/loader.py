@@ -1,0 +1,131 @@
+"""Build the models the engine runs: a CUT3R geometry encoder and the VLM-3R LMM.
+
+Everything loads from local paths (no hub). ``tiny`` builds seeded random weights of the
+real architecture unless trained weights are given; ``vlm3r-7b`` needs local weights and
+fails with a clear message naming what is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
+from vlm3r_ros.models.cut3r.config import Cut3rConfig
+from vlm3r_ros.models.cut3r.model import Cut3rModel
+from vlm3r_ros.models.cut3r.stream import Cut3rStream
+from vlm3r_ros.models.profiles import get_profile
+from vlm3r_ros.models.vlm3r.model import Vlm3rModel
+from vlm3r_ros.pipeline.engine import ModelBundle
+
+TINY_SEED = 0
+
+
+class ModelConfigError(ValueError):
+    """The model settings are inconsistent or name files that do not exist."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: profile, fusion, backend, local weight paths, device and dtype."""
+
+    profile: str = 'tiny'
+    fusion: str = 'cross_attention'
+    geometry_backend: str = 'torch'
+    cut3r_weights: str = ''
+    base_path: str = ''
+    non_lora_path: str = ''
+    lora_path: str = ''
+    tiny_weights_path: str = ''
+    device: str = 'auto'
+    dtype: str = 'auto'
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> 'ModelSpec':
+        """Return the spec from a node config (attributes named like the parameters)."""
+        return cls(profile=cfg.model_profile, fusion=cfg.fusion,
+                   geometry_backend=cfg.geometry_backend, cut3r_weights=cfg.cut3r_weights,
+                   base_path=cfg.vlm3r_base_path, non_lora_path=cfg.vlm3r_non_lora_path,
+                   lora_path=cfg.vlm3r_lora_path, tiny_weights_path=cfg.tiny_weights_path,
+                   device=cfg.device, dtype=cfg.dtype)
+
+    def resolved_device(self) -> str:
+        """Return 'cuda' or 'cpu'; raises ModelConfigError for cuda without a GPU."""
+        if self.device == 'auto':
+            return 'cuda' if torch.cuda.is_available() else 'cpu'
+        if self.device == 'cuda' and not torch.cuda.is_available():
+            raise ModelConfigError('device is cuda but no CUDA GPU is available')
+        return self.device
+
+    def resolved_dtype(self, device: str) -> str:
+        """Return the dtype name: bfloat16 on GPU and float32 on CPU unless set."""
+        if self.dtype != 'auto':
+            return self.dtype
+        return 'bfloat16' if device == 'cuda' else 'float32'
+
+
+def _existing(path: str, what: str) -> str:
+    if not path:
+        raise ModelConfigError(f'{what} is not set')
+    if not Path(path).exists():
+        raise ModelConfigError(f'{what} {path!r} does not exist')
+    return path
+
+
+def load_bundle(spec: ModelSpec) -> ModelBundle:
+    """Load both models for ``spec`` and return them as a ModelBundle.
+
+    Raises ModelConfigError for missing paths or settings, and the loaders'
+    CheckpointError for corrupt, truncated or mismatching checkpoints.
+    """
+    device = spec.resolved_device()
+    dtype_name = spec.resolved_dtype(device)
+    dtype = getattr(torch, dtype_name)
+    if spec.profile == 'tiny':
+        if device == 'cpu':
+            # Two workers share the CPU; intra-op threads would oversubscribe it.
+            torch.set_num_threads(1)
+        paths = {'base_model_dir': _existing(spec.tiny_weights_path, 'tiny_weights_path')} \
+            if spec.tiny_weights_path else {}
+        profile = get_profile('tiny', fusion=spec.fusion, device=device, dtype=dtype_name,
+                              seed=TINY_SEED, **paths)
+        if spec.cut3r_weights:
+            cut3r = load_cut3r(_existing(spec.cut3r_weights, 'cut3r_weights'), device=device,
+                               dtype=dtype)
+        else:
+            torch.manual_seed(TINY_SEED)
+            cut3r = Cut3rModel(Cut3rConfig.tiny()).to(device).eval()
+    elif spec.profile == 'vlm3r-7b':
+        profile = get_profile(
+            'vlm3r-7b', fusion=spec.fusion, device=device, dtype=dtype_name,
+            base_model_dir=_existing(spec.base_path, 'vlm3r_base_path'),
+            lora_dir=_existing(spec.lora_path, 'vlm3r_lora_path') if spec.lora_path else None,
+            non_lora_path=(_existing(spec.non_lora_path, 'vlm3r_non_lora_path')
+                           if spec.non_lora_path else None))
+        cut3r = load_cut3r(_existing(spec.cut3r_weights, 'cut3r_weights'), device=device,
+                           dtype=dtype)
+    else:
+        raise ModelConfigError(f'unknown model profile {spec.profile!r}')
+    if cut3r.config.dec_embed_dim != profile.geometry_dim:
+        raise ModelConfigError(
+            f'CUT3R decoder dim {cut3r.config.dec_embed_dim} does not match the profile\'s '
+            f'geometry_dim {profile.geometry_dim}')
+    lmm = Vlm3rModel.from_profile(profile)
+    size = (profile.geometry_image_size, profile.geometry_image_size)
+    new_stream = _stream_factory(spec, cut3r, size)
+
+    def close() -> None:
+        lmm.clear_cache()
+
+    return ModelBundle(profile=spec.profile, new_geometry_stream=new_stream, spatial=lmm,
+                       close=close)
+
+
+def _stream_factory(spec: ModelSpec, cut3r: Cut3rModel, size: tuple[int, int]) -> Any:
+    """Return a callable creating fresh geometry streams over the shared weights."""
+    if spec.geometry_backend == 'onnx':
+        from vlm3r_ros.models.cut3r.onnx_backend import OnnxCut3rStream
+        return lambda: OnnxCut3rStream.from_model(cut3r, image_size=size, resize_mode='stretch')
+    return lambda: Cut3rStream(cut3r, image_size=size, resize_mode='stretch')
