@@ -287,11 +287,13 @@ class SpatialEngine:
         logs it once). The image is stored by reference, downsampled only when larger
         than ``store_max_side``.
         """
+        full_w = image.shape[1]
         image = _downsample(image, self.config.store_max_side)
         if depth is not None and depth.shape[:2] != image.shape[:2]:
             depth = _resize_depth(depth, image.shape[1], image.shape[0])
-        if intrinsics is not None and depth is not None:
-            intrinsics = np.asarray(intrinsics, dtype=np.float64)
+        if intrinsics is not None:
+            scale = image.shape[1] / full_w  # K follows the stored (downsampled) image
+            intrinsics = np.asarray(intrinsics, dtype=np.float64) * [[scale], [scale], [1.0]]
         result = self.buffer.add(stamp_ns, image, depth=depth, intrinsics=intrinsics)
         self._received += 1
         if result.reset:
@@ -378,10 +380,7 @@ class SpatialEngine:
         """Return (H, W, 3) world points: the encoder's pointmap, or depth back-projected."""
         if (self.config.points_source == 'depth' and record.depth is not None
                 and record.intrinsics is not None):
-            h, w = record.depth.shape
-            pts = points_from_depth(record.depth, record.intrinsics, pose, stride=1,
-                                    keep_invalid=True)
-            return pts.reshape(h, w, 3)
+            return points_from_depth(record.depth, record.intrinsics, pose, keep_grid=True)
         return geom.pts_world
 
     # ------------------------------------------------------------------ requests

@@ -28,6 +28,7 @@ def points_from_depth(
     cam_to_world: np.ndarray,
     stride: int = 1,
     max_depth: float = 20.0,
+    keep_grid: bool = False,
 ) -> np.ndarray:
     """Back-project a metric depth map into world-frame 3D points.
 
@@ -43,10 +44,12 @@ def points_from_depth(
         cam_to_world: (4, 4) homogeneous transform from camera to world coordinates.
         stride: pixel subsampling step, >= 1.
         max_depth: farthest depth kept, in metres.
+        keep_grid: return the sampled pixel grid ``(H', W', 3)`` with NaN where the depth
+            is invalid (per-pixel world coordinates, e.g. for 3D position encoding).
 
     Returns:
         (N, 3) float32 world points, N = number of valid sampled pixels, in row-major pixel
-        order.
+        order; or the (H', W', 3) grid with ``keep_grid``.
 
     Raises:
         ValueError: on wrong shapes, a non-positive stride or max_depth, or a singular K.
@@ -73,7 +76,7 @@ def points_from_depth(
     # NaN compares False, so this one mask drops NaN, inf (> max_depth) and non-positive.
     with np.errstate(invalid='ignore'):
         valid = (z > 0) & (z <= max_depth)
-    rows, cols = np.nonzero(valid)
+    rows, cols = np.nonzero(np.ones_like(valid) if keep_grid else valid)
     zf = z[rows, cols].astype(np.float32)
     u = cols.astype(np.float32) * stride
     v = rows.astype(np.float32) * stride
@@ -87,6 +90,9 @@ def points_from_depth(
     out = np.empty((zf.size, 3), dtype=np.float32)
     for j in range(3):
         out[:, j] = (R[j, 0] * x_n + R[j, 1] * y_n + R[j, 2]) * zf + t[j]
+    if keep_grid:
+        out[~valid.reshape(-1)] = np.nan
+        return out.reshape(z.shape[0], z.shape[1], 3)
     return out
 
 
