@@ -99,36 +99,38 @@ def _tiny_section(quick: bool) -> list[str]:
     return out
 
 
-def _gpu_section(quick: bool) -> list[str]:
-    """Measure the full 512 DPT size with random weights on the GPU."""
-    cfg = Cut3rConfig.official_512_dpt()
+def _full_size_section(
+    config: Cut3rConfig, device: torch.device, dtypes: tuple[torch.dtype, ...], quick: bool
+) -> list[str]:
+    """Measure a model of ``config`` with random weights on ``device`` (the GPU in ``run``)."""
+    cuda = device.type == 'cuda'
     n = 10 if quick else 40
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name(device) if cuda else 'CPU'
     out = [f'### cut3r_512_dpt_4_64 size on {name}, random weights', '']
     out += ['| dtype | input | frames/s | median ms/frame | peak GPU memory |',
             '|---|---|---:|---:|---:|']
     torch.manual_seed(0)
     start = time.perf_counter()
-    with torch.device('cuda'):
-        model = Cut3rModel(cfg).eval()
+    with torch.device(device):
+        model = Cut3rModel(config).eval()
     build_s = time.perf_counter() - start
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype in dtypes:
         model.to_inference_dtype(dtype)
-        for label, size, mode, hw in (('432x432 (VLM-3R)', (432, 432), 'stretch', (480, 640)),
-                                      ('512x384', 512, 'crop', (480, 640))):
+        for label, size, mode in (('432x432 (VLM-3R)', (432, 432), 'stretch'),
+                                  ('512x384', 512, 'crop')):
             stream = Cut3rStream(model, image_size=size, resize_mode=mode)
-            torch.cuda.reset_peak_memory_stats()
-            fps, ms = _fps(stream, _frames(n + 3, hw), warmup=3)
-            peak = torch.cuda.max_memory_allocated() / 2 ** 30
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            fps, ms = _fps(stream, _frames(n + 3), warmup=3)
+            peak = f'{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB' if cuda else 'n/a'
             out.append(f'| {str(dtype).replace("torch.", "")} | {label} | {fps:.1f} | {ms:.1f} | '
-                       f'{peak:.2f} GiB |')
+                       f'{peak} |')
     out.append('')
-    out.append(f'- {sum(p.numel() for p in model.parameters()):,} parameters; built on the GPU '
-               f'in {build_s:.1f} s; head kept in float32.')
-    out.append(f'- state + pose memory per stream: {_state_bytes(cfg, 2) / 2 ** 20:.2f} MiB '
-               f'in 16-bit ({_state_bytes(cfg, 4) / 2 ** 20:.2f} MiB in float32).')
+    out.append(f'- {sum(p.numel() for p in model.parameters()):,} parameters; built on the device '
+               f'in {build_s:.1f} s; head kept in float32; {n} timed frames after 3 warm-up.')
     del model
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return out
 
 
@@ -143,7 +145,7 @@ def run(quick: bool = False) -> str:
                f'{_state_bytes(full, 2) / 2 ** 20:.2f} MiB in 16-bit.')
     out.append('')
     if torch.cuda.is_available():
-        out += _gpu_section(quick)
+        out += _full_size_section(full, torch.device('cuda'), (torch.float16, torch.bfloat16), quick)
     else:
         out.append('_No CUDA device: the full-size GPU measurements were skipped._')
     out.append('')

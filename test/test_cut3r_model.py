@@ -354,9 +354,9 @@ def test_stream_uses_ray_map_only_after_first_frame(tiny_model: Cut3rModel) -> N
 def test_crop_mode_output_sizes(src_hw: tuple[int, int], size: int, expected: tuple[int, int]) -> None:
     assert output_size(src_hw, size, 'crop') == expected
     img = np.zeros((*src_hw, 3), dtype=np.uint8)
-    tensor, transform = preprocess_image(img, size, 'crop')
-    assert tuple(tensor.shape) == (1, 3, *expected) and transform.out_size == expected
-    assert float(tensor.min()) == -1.0  # ImgNorm maps 0 to -1
+    arr, transform = preprocess_image(img, size, 'crop')
+    assert arr.shape == (1, 3, *expected) and transform.out_size == expected
+    assert arr.dtype == np.float32 and float(arr.min()) == -1.0  # ImgNorm maps 0 to -1
 
 
 @pytest.mark.parametrize('mode, size', [('crop', 512), ('crop', 224), ('stretch', (432, 432))])
@@ -366,12 +366,25 @@ def test_intrinsics_follow_the_pixels(mode: str, size) -> None:
     point = np.array([0.3, -0.2, 2.0])
     u, v, _ = (k @ point) / point[2]
     src[int(round(v)) - 3:int(round(v)) + 4, int(round(u)) - 3:int(round(u)) + 4] = 255
-    tensor, transform = preprocess_image(src, size, mode)
+    arr, transform = preprocess_image(src, size, mode)
     k2 = transform.apply_to_intrinsics(k)
     u2, v2, _ = (k2 @ point) / point[2]
-    img = tensor[0, 0].numpy()
+    img = arr[0, 0]
     ys, xs = np.nonzero(img > 0.5 * img.max())
     assert abs(xs.mean() - u2) < 1.0 and abs(ys.mean() - v2) < 1.0
+
+
+@pytest.mark.parametrize('src_hw, out_hw', [((384, 384), (432, 432)), ((480, 640), (224, 224)),
+                                            ((240, 320), (240, 320))])
+def test_stretch_matches_torch_bilinear(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    arr, _ = preprocess_image(img, out_hw, 'stretch')
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0, size=out_hw,
+        mode='bilinear', align_corners=False)
+    # Float32 summation order differs slightly; 1e-4 is 1/78 of one 8-bit grey level.
+    assert np.abs(arr - ((ref - 0.5) / 0.5).numpy()).max() < 1e-4
 
 
 def test_ray_map_geometry() -> None:

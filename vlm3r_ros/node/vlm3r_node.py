@@ -454,11 +454,11 @@ def main(args: list[str] | None = None) -> None:
     finally:
         node.get_logger().info('shutting down')
         node._teardown_io()
-        node._release()
-        executor.shutdown(timeout_sec=1.0)
+        node._release()  # answers queued requests, so waiting service callbacks return
+        executor.shutdown(timeout_sec=2.0)
+        rclpy.try_shutdown()  # wakes a spin still waiting, so its thread can be joined
+        spinner.join(2.0)
         node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
 
 
 if __name__ == '__main__':

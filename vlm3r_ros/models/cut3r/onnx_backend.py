@@ -213,7 +213,7 @@ class OnnxCut3rStream(StreamBase):
         self._mem = None
 
     def _run(
-        self, img: torch.Tensor, rays: Optional[np.ndarray], is_first: bool, update: bool
+        self, img: np.ndarray, rays: Optional[np.ndarray], is_first: bool, update: bool
     ) -> dict[str, object]:
         """Run the session once and keep the new state."""
         h, w = img.shape[-2:]
@@ -228,7 +228,7 @@ class OnnxCut3rStream(StreamBase):
             self._state = np.zeros(self._state_shape, dtype=np.float32)
             self._mem = np.zeros(self._mem_shape, dtype=np.float32)
         feeds: dict[str, np.ndarray] = {
-            'image': img.numpy().astype(np.float32, copy=False),
+            'image': img,
             'state': self._state,
             'mem': self._mem,
             'is_first': np.array([is_first], dtype=np.bool_),

@@ -11,7 +11,9 @@ Two resize modes:
 * ``'stretch'`` resizes to exactly ``(h, w)`` with bilinear interpolation and no crop,
   as VLM-3R does before CUT3R (432x432 -> 27x27 patches).
 
-Both normalise RGB to [-1, 1] (``ImgNorm``: mean 0.5, std 0.5).
+Both normalise RGB to [-1, 1] (``ImgNorm``: mean 0.5, std 0.5). Preprocessing is
+NumPy/PIL only, so the ONNX Runtime path never wakes PyTorch's thread pool (whose
+spinning threads would compete with ONNX Runtime's on small machines).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 SizeSpec = Union[int, tuple[int, int]]
@@ -115,9 +115,33 @@ def output_size(src_hw: tuple[int, int], image_size: SizeSpec, resize_mode: str 
     raise ValueError(f'unknown resize_mode {resize_mode!r}; use one of {RESIZE_MODES}')
 
 
+def _resize_bilinear(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize HxWxC float32 like ``F.interpolate(mode='bilinear', align_corners=False)``.
+
+    Half-pixel centres, edge clamping and no antialiasing, as in the PyTorch op that
+    VLM-3R applies to its frames.
+    """
+    src_h, src_w = arr.shape[:2]
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # float32 arithmetic, as PyTorch uses for float inputs.
+        scale = np.float32(n_in / n_out)
+        coord = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        coord = np.maximum(coord, np.float32(0.0))
+        lo = np.minimum(np.floor(coord).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, coord - lo.astype(np.float32)
+
+    y0, y1, wy = axis(h, src_h)
+    x0, x1, wx = axis(w, src_w)
+    top = arr[y0][:, x0] * (1 - wx)[None, :, None] + arr[y0][:, x1] * wx[None, :, None]
+    bottom = arr[y1][:, x0] * (1 - wx)[None, :, None] + arr[y1][:, x1] * wx[None, :, None]
+    return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
+
+
 def preprocess_image(
     image: np.ndarray, image_size: SizeSpec, resize_mode: str = 'crop', patch_size: int = 16
-) -> tuple[torch.Tensor, ImageTransform]:
+) -> tuple[np.ndarray, ImageTransform]:
     """Turn an RGB uint8 image into the normalised model input.
 
     Args:
@@ -128,7 +152,7 @@ def preprocess_image(
         patch_size: the output sides must be multiples of it.
 
     Returns:
-        ``(tensor (1, 3, h, w) float32 in [-1, 1], transform)``.
+        ``(array (1, 3, h, w) float32 in [-1, 1], transform)``.
 
     Raises:
         ValueError: bad image, mode, or an output size not divisible by the patch size.
@@ -143,23 +167,22 @@ def preprocess_image(
         shrink = max(src_w, src_h) > long_edge
         interp = Image.Resampling.LANCZOS if shrink else Image.Resampling.BICUBIC
         pil = pil.resize((new_w, new_h), interp).crop(box)
-        out = np.asarray(pil)
-        tensor = torch.from_numpy(out.copy()).permute(2, 0, 1)[None].float() / 255.0
+        out = np.asarray(pil, dtype=np.float32) / 255.0
         transform = ImageTransform(
             scale=(new_w / src_w, new_h / src_h), offset=(float(box[0]), float(box[1])),
             out_size=(out.shape[0], out.shape[1]),
         )
     elif resize_mode == 'stretch':
         h, w = output_size((src_h, src_w), image_size, 'stretch')
-        tensor = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
-        tensor = F.interpolate(tensor, size=(h, w), mode='bilinear', align_corners=False)
+        out = _resize_bilinear(arr.astype(np.float32) / 255.0, h, w)
         transform = ImageTransform(scale=(w / src_w, h / src_h), offset=(0.0, 0.0), out_size=(h, w))
     else:
         raise ValueError(f'unknown resize_mode {resize_mode!r}; use one of {RESIZE_MODES}')
     h, w = transform.out_size
     if h % patch_size or w % patch_size:
         raise ValueError(f'model input {h}x{w} is not a multiple of the patch size {patch_size}')
-    return (tensor - 0.5) / 0.5, transform
+    chw = np.ascontiguousarray(out.transpose(2, 0, 1)[None], dtype=np.float32)
+    return (chw - 0.5) / 0.5, transform
 
 
 def ray_map(intrinsics: np.ndarray, cam_to_ref: np.ndarray, size: tuple[int, int]) -> np.ndarray:

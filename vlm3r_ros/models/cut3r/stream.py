@@ -102,9 +102,9 @@ class StreamBase:
         raise NotImplementedError
 
     def _run(
-        self, img: torch.Tensor, rays: Optional[np.ndarray], is_first: bool, update: bool
+        self, img: np.ndarray, rays: Optional[np.ndarray], is_first: bool, update: bool
     ) -> dict[str, object]:
-        """Run one step; return numpy outputs and the token tensor (subclasses)."""
+        """Run one step on a (1, 3, h, w) input; return numpy outputs and the token tensor."""
         raise NotImplementedError
 
     def _input_size(self, image: np.ndarray) -> SizeSpec:
@@ -206,7 +206,7 @@ class Cut3rStream(StreamBase):
         return sum(t.numel() * t.element_size() for t in (self._state, self._mem) if t is not None)
 
     def _run(
-        self, img: torch.Tensor, rays: Optional[np.ndarray], is_first: bool, update: bool
+        self, img: np.ndarray, rays: Optional[np.ndarray], is_first: bool, update: bool
     ) -> dict[str, object]:
         """Run ``model.step`` under inference mode and keep the new state."""
         model = self.model
@@ -215,7 +215,7 @@ class Cut3rStream(StreamBase):
             if self._state is None or self._mem is None:
                 self._state, self._mem = model.init_state(1), model.init_mem(1)
             out = model.step(
-                img.to(device),
+                torch.from_numpy(img).to(device),
                 self._state,
                 self._mem,
                 is_first=torch.tensor([is_first], device=device),
