@@ -129,7 +129,10 @@ def publish_frames(node: Node, topic: str, count: int, start_ns: int = 1_000_000
     """Publish ``count`` raw rgb8 frames with increasing stamps (sensor-data QoS)."""
     pub = node.create_publisher(Image, topic,
                                 qos_profile_sensor_data)
-    wait_for(lambda: pub.get_subscription_count() > 0, 5.0)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 10.0), f'nobody subscribes {topic}'
+    # Matching is not symmetric: give the subscriber time to learn about this writer, or
+    # the first best-effort samples are dropped on a loaded machine.
+    time.sleep(0.3)
     for i in range(count):
         pub.publish(rgb_to_image(synthetic_frame(i, width, height), start_ns + i * period_ns))
         time.sleep(pause_s)

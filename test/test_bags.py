@@ -6,8 +6,8 @@ import pytest
 
 from vlm3r_ros.eval.bags import (BAG_METADATA_VERSION, DEFAULT_START_NS, TOPIC_CAMERA_INFO,
                                  TOPIC_COMPRESSED, TOPIC_DEPTH, TOPIC_IMAGE, TOPIC_POSE,
-                                 CameraInfoData, bag_metadata, quaternion_to_rotation,
-                                 read_bag_frames, rotation_to_quaternion, write_bag)
+                                 CameraInfoData, bag_metadata, decode_message, pose_message,
+                                 read_bag_frames, write_bag)
 from vlm3r_ros.eval.qa import load_qa
 from vlm3r_ros.eval.render import intrinsics, render
 from vlm3r_ros.eval.scenes import Scene, make_scene, make_trajectory
@@ -112,13 +112,18 @@ def test_topic_filter(tmp_path, scene_traj):
 @pytest.mark.parametrize('angle, axis', [
     (0.0, (0, 0, 1)), (math.pi, (1, 0, 0)), (math.pi, (0, 1, 0)), (math.pi, (0, 0, 1)),
     (2.0, (1, 2, 3)), (-2.9, (0.3, -1, 0.2))])
-def test_quaternion_round_trip(angle, axis):
+def test_pose_message_quaternion_round_trip(angle, axis):
     a = np.array(axis, dtype=float) / np.linalg.norm(axis)
     Kx = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
     R = np.eye(3) + math.sin(angle) * Kx + (1 - math.cos(angle)) * Kx @ Kx  # Rodrigues
-    q = rotation_to_quaternion(R)
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = R, (1.0, -2.0, 0.5)
+    msg = pose_message(pose, 7, 'map')
+    o = msg.pose.orientation
+    q = np.array([o.x, o.y, o.z, o.w])
     assert np.linalg.norm(q) == pytest.approx(1.0) and q[3] >= 0
-    assert np.allclose(quaternion_to_rotation(*q), R, atol=1e-12)
-    # Quaternion of a rotation by angle about axis: (sin(angle/2) axis, cos(angle/2)), up to sign.
+    # The message's (x, y, z, w) of a rotation by angle about axis: (sin(angle/2) axis,
+    # cos(angle/2)), up to sign; a swapped field order would fail here.
     expect = np.concatenate([math.sin(angle / 2) * a, [math.cos(angle / 2)]])
     assert np.allclose(q, expect, atol=1e-12) or np.allclose(q, -expect, atol=1e-12)
+    assert np.allclose(decode_message('geometry_msgs/msg/PoseStamped', msg), pose, atol=1e-12)

@@ -25,20 +25,21 @@ Topics (all stamped with the frame time, header stamp = bag record time):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from transforms3d.quaternions import mat2quat, quat2mat
 
 from vlm3r_ros.eval.qa import QAItem, Visibility, generate_qa, save_qa
 from vlm3r_ros.eval.render import intrinsics, render_full
 from vlm3r_ros.eval.scenes import Scene, Trajectory
+from vlm3r_ros.ingest.image_codec import (DEPTH_ENCODINGS, decode_color, decode_compressed,
+                                          decode_depth, encode_compressed)
 
 TOPIC_IMAGE = '/camera/image_raw'
 TOPIC_COMPRESSED = '/camera/image_raw/compressed'
@@ -110,15 +111,12 @@ def image_message(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str
 def compressed_message(rgb: np.ndarray, stamp_ns: int, frame_id: str, quality: int) -> Any:
     """Return a sensor_msgs/CompressedImage holding ``rgb`` as JPEG.
 
-    Raises RuntimeError when OpenCV cannot encode the image.
+    Raises ValueError when OpenCV cannot encode the image.
     """
-    ok, buf = cv2.imencode('.jpg', np.ascontiguousarray(rgb[..., ::-1]),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError('JPEG encoding failed')
+    data = encode_compressed(np.ascontiguousarray(rgb), 'jpeg', int(quality))
     return TYPESTORE.types['sensor_msgs/msg/CompressedImage'](
         header=_header(stamp_ns, frame_id), format=JPEG_FORMAT,
-        data=np.asarray(buf, dtype=np.uint8).reshape(-1))
+        data=np.frombuffer(data, dtype=np.uint8).copy())
 
 
 def camera_info_message(K: np.ndarray, width: int, height: int, stamp_ns: int,
@@ -135,42 +133,14 @@ def camera_info_message(K: np.ndarray, width: int, height: int, stamp_ns: int,
         r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0, roi=roi)
 
 
-def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
-    """Return the unit quaternion (x, y, z, w) of a rotation matrix, with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = R[0, 0] + R[1, 1] + R[2, 2]
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = ((R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4)
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = (s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s)
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = ((R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = ((R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s)
-    arr = np.array(q) / np.linalg.norm(q)
-    if arr[3] < 0:
-        arr = -arr
-    return float(arr[0]), float(arr[1]), float(arr[2]), float(arr[3])
-
-
-def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """Return the 3x3 rotation matrix of quaternion (x, y, z, w) (normalised first)."""
-    n = math.sqrt(x * x + y * y + z * z + w * w)
-    x, y, z, w = x / n, y / n, z / n, w / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
 def pose_message(pose: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
-    """Return a geometry_msgs/PoseStamped for a 4x4 camera-to-world ``pose``."""
+    """Return a geometry_msgs/PoseStamped for a 4x4 camera-to-world ``pose``.
+
+    The orientation is the unit quaternion of ``pose[:3, :3]`` with w >= 0
+    (``transforms3d`` works in (w, x, y, z) order; the message stores x, y, z, w).
+    """
     types = TYPESTORE.types
-    qx, qy, qz, qw = rotation_to_quaternion(pose[:3, :3])
+    qw, qx, qy, qz = (float(v) for v in mat2quat(np.asarray(pose[:3, :3], dtype=np.float64)))
     t = pose[:3, 3]
     return types['geometry_msgs/msg/PoseStamped'](
         header=_header(stamp_ns, frame_id),
@@ -275,42 +245,21 @@ def bag_metadata(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(text)['rosbag2_bagfile_information']
 
 
-def decode_image(msg: Any) -> np.ndarray:
-    """Return a sensor_msgs/Image as an array: (H, W, 3) uint8 RGB for rgb8/bgr8,
-    (H, W) for mono8, 16UC1 and 32FC1. Raises ValueError for other encodings."""
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    raw = np.asarray(msg.data, dtype=np.uint8).reshape(h, step)
-    enc = msg.encoding
-    if enc in ('rgb8', 'bgr8'):
-        img = raw[:, :w * 3].reshape(h, w, 3)
-        return img.copy() if enc == 'rgb8' else img[..., ::-1].copy()
-    if enc == 'mono8':
-        return raw[:, :w].copy()
-    big = '>' if msg.is_bigendian else '<'
-    if enc == '32FC1':
-        return raw[:, :w * 4].copy().view(big + 'f4').reshape(h, w).astype(np.float32)
-    if enc in ('16UC1', 'mono16'):
-        return raw[:, :w * 2].copy().view(big + 'u2').reshape(h, w).astype(np.uint16)
-    raise ValueError(f'unsupported image encoding {enc!r}')
+def decode_message(msgtype: str, msg: Any) -> Any:
+    """Return the decoded form of one deserialised message (see :func:`read_bag_frames`).
 
-
-def decode_compressed(msg: Any) -> np.ndarray:
-    """Return a sensor_msgs/CompressedImage as (H, W, 3) uint8 RGB.
-
-    Raises ValueError when OpenCV cannot decode the data.
+    Images go through :mod:`vlm3r_ros.ingest.image_codec`, the node's own decoders.
+    Raises :class:`~vlm3r_ros.ingest.image_codec.ImageDecodeError` (a ValueError) for an
+    image it cannot decode.
     """
-    img = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f'cannot decode compressed image (format {msg.format!r})')
-    return img[..., ::-1].copy()
-
-
-def _decode(msgtype: str, msg: Any) -> Any:
-    """Return the decoded form of one message (see :func:`read_bag_frames`)."""
     if msgtype == 'sensor_msgs/msg/Image':
-        return decode_image(msg)
+        fields = (msg.encoding, int(msg.height), int(msg.width), int(msg.step),
+                  np.asarray(msg.data, dtype=np.uint8))
+        if msg.encoding in DEPTH_ENCODINGS:
+            return decode_depth(*fields, is_bigendian=bool(msg.is_bigendian))
+        return decode_color(*fields, is_bigendian=bool(msg.is_bigendian))
     if msgtype == 'sensor_msgs/msg/CompressedImage':
-        return decode_compressed(msg)
+        return decode_compressed(msg.format, np.asarray(msg.data, dtype=np.uint8).tobytes())
     if msgtype == 'sensor_msgs/msg/CameraInfo':
         return CameraInfoData(frame_id=msg.header.frame_id, width=int(msg.width),
                               height=int(msg.height), distortion_model=msg.distortion_model,
@@ -320,7 +269,7 @@ def _decode(msgtype: str, msg: Any) -> Any:
     if msgtype == 'geometry_msgs/msg/PoseStamped':
         p, q = msg.pose.position, msg.pose.orientation
         out = np.eye(4)
-        out[:3, :3] = quaternion_to_rotation(q.x, q.y, q.z, q.w)
+        out[:3, :3] = quat2mat([q.w, q.x, q.y, q.z])
         out[:3, 3] = (p.x, p.y, p.z)
         return out
     return msg
@@ -330,8 +279,9 @@ def read_bag_frames(path: str | Path, topics: Iterable[str] | None = None
                     ) -> Iterator[tuple[str, int, Any]]:
     """Yield (topic, stamp_ns, decoded) for every message of a rosbag2 bag in time order.
 
-    Decoded forms: Image -> ndarray ((H, W, 3) uint8 RGB, or (H, W) float32 for 32FC1);
-    CompressedImage -> (H, W, 3) uint8 RGB; CameraInfo -> :class:`CameraInfoData`;
+    Decoded forms (:func:`decode_message`): colour Image and CompressedImage -> (H, W, 3)
+    uint8 RGB; depth Image (32FC1 metres, 16UC1 millimetres) -> (H, W) float32 metres
+    with NaN where there is no measurement; CameraInfo -> :class:`CameraInfoData`;
     PoseStamped -> 4x4 float64 matrix; anything else -> the deserialised message.
     ``topics`` restricts the output. Reads sqlite3 and MCAP bags alike.
     """
@@ -342,4 +292,4 @@ def read_bag_frames(path: str | Path, topics: Iterable[str] | None = None
             return
         for conn, stamp, raw in reader.messages(connections=conns):
             msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
-            yield conn.topic, int(stamp), _decode(conn.msgtype, msg)
+            yield conn.topic, int(stamp), decode_message(conn.msgtype, msg)

@@ -169,11 +169,53 @@ def decode_compressed(fmt: str, data: bytes) -> np.ndarray:
     if buf[:2].tobytes() == b'\xff\xd8' and buf[-2:].tobytes() != b'\xff\xd9':
         # OpenCV decodes truncated JPEGs with grey fill and only a warning: reject them.
         raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
+    header_size = compressed_size(data)
+    if header_size is not None:
+        # Check the declared size before decoding: a few KB of PNG/JPEG can declare a
+        # 16k x 16k image that would cost gigabytes and seconds to decode.
+        _check_size(header_size[1], header_size[0])
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageDecodeError(f'compressed image ({fmt or "no format"}) could not be decoded')
     _check_size(*image.shape[:2])
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC) carry the image size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_size(data: bytes) -> tuple[int, int] | None:
+    """Return (width, height) declared in a PNG or JPEG header without decoding pixels.
+
+    Returns None when the header cannot be read (the decoder then reports the error).
+    """
+    if data[:8] == b'\x89PNG\r\n\x1a\n':
+        if len(data) < 24 or data[12:16] != b'IHDR':
+            return None
+        return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+    if data[:2] != b'\xff\xd8':
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                return None
+            return (int.from_bytes(data[i + 7:i + 9], 'big'),
+                    int.from_bytes(data[i + 5:i + 7], 'big'))
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
+    return None
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90) -> bytes:

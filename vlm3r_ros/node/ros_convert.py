@@ -63,16 +63,29 @@ def rgb_to_image(rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera') -> Im
 
 
 def pose_to_matrix(pose: Pose) -> np.ndarray:
-    """Return a 4x4 matrix for a ``geometry_msgs/Pose``."""
+    """Return a 4x4 matrix for a ``geometry_msgs/Pose``.
+
+    Raises ValueError for a non-finite pose or a zero quaternion (an unset orientation,
+    which quat2mat would silently turn into the identity rotation).
+    """
     q = pose.orientation
+    quat = np.array([q.w, q.x, q.y, q.z], dtype=np.float64)
+    if not np.all(np.isfinite(quat)) or float(quat @ quat) < 1e-12:
+        raise ValueError(f'pose orientation is not a valid quaternion '
+                         f'(w={q.w}, x={q.x}, y={q.y}, z={q.z})')
     out = np.eye(4)
-    out[:3, :3] = quat2mat([q.w, q.x, q.y, q.z])
+    out[:3, :3] = quat2mat(quat)
     out[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
+    if not np.all(np.isfinite(out[:3, 3])):
+        raise ValueError(f'pose position is not finite ({out[0, 3]}, {out[1, 3]}, {out[2, 3]})')
     return out
 
 
 def pose_msg_to_matrix(msg: PoseStamped | Odometry) -> tuple[int, np.ndarray]:
-    """Return (stamp_ns, 4x4 camera-to-world) from an odometry or pose message."""
+    """Return (stamp_ns, 4x4 camera-to-world) from an odometry or pose message.
+
+    Raises ValueError for an invalid orientation (see :func:`pose_to_matrix`).
+    """
     pose = msg.pose.pose if isinstance(msg, Odometry) else msg.pose
     return stamp_to_ns(msg.header.stamp), pose_to_matrix(pose)
 

@@ -1,13 +1,16 @@
 """vlm3r-replay: play a rosbag2 (sqlite3 or mcap) into ROS topics without a ROS install.
 
-    vlm3r-replay BAG [--rate 2.0 | --rate 0] [--paced] [--loop N] [--clock]
+    vlm3r-replay BAG [--rate 2.0 | --rate 0] [--paced [ingest|geometry]] [--loop N] [--clock]
                      [--remap /camera/image_raw:=/robot/image_raw] [--topics T ...]
 
 Messages are published as the serialized CDR bytes stored in the bag (no decode and
-re-encode). ``--rate`` scales real time (0: as fast as possible); ``--paced`` waits until
-the node has ingested each colour frame (reads its SceneStatus) so nothing is dropped on
-a slow machine; ``--clock`` publishes ``/clock`` for nodes with ``use_sim_time``;
-``--loop`` repeats the bag (stamps go backwards, which the node treats as a reset).
+re-encode). Messages sharing a log time are published calibration, depth and pose
+first and the colour image last, so the node pairs each frame with its own
+camera_info and depth. ``--rate`` scales real time (0: as fast as possible);
+``--paced`` waits for the node's status to count each colour frame (``ingest``: received;
+``geometry``: processed by the geometry encoder) so nothing is dropped on a slow
+machine; ``--clock`` publishes ``/clock`` for nodes with ``use_sim_time``; ``--loop``
+repeats the bag (stamps go backwards, which the node treats as a reset).
 """
 from __future__ import annotations
 
@@ -18,15 +21,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
 from vlm3r_ros.node.ros_convert import ns_to_stamp
+
+COLOUR_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+PACE_MODES = ('ingest', 'geometry')
 
 
 @dataclass(frozen=True)
@@ -39,23 +47,51 @@ class BagMessage:
     data: bytes
 
 
+def is_colour_frame(topic: str, msgtype: str) -> bool:
+    """Return True for a colour image message (an image type on a topic not named depth)."""
+    return msgtype in COLOUR_TYPES and 'depth' not in topic
+
+
 def read_messages(bag: Path, topics: set[str] | None = None) -> Iterator[BagMessage]:
     """Yield the bag's messages in log-time order (optionally only ``topics``)."""
-    with AnyReader([bag]) as reader:
+    with AnyReader([Path(bag)]) as reader:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        if not conns:
+            return
         for conn, stamp, raw in reader.messages(connections=conns):
             yield BagMessage(conn.topic, conn.msgtype, int(stamp), bytes(raw))
 
 
+def frame_ordered(messages: Iterable[BagMessage]) -> Iterator[BagMessage]:
+    """Yield ``messages`` with, among those sharing a log time, colour frames last.
+
+    A node uses the newest camera_info and depth for the next colour frame, so a frame's
+    own calibration and depth must arrive before it. Order is otherwise unchanged.
+    """
+    group: list[BagMessage] = []
+    for msg in messages:
+        if group and msg.stamp_ns != group[0].stamp_ns:
+            yield from sorted(group, key=lambda m: is_colour_frame(m.topic, m.msgtype))
+            group = []
+        group.append(msg)
+    yield from sorted(group, key=lambda m: is_colour_frame(m.topic, m.msgtype))
+
+
 def bag_summary(bag: Path) -> tuple[dict[str, str], int, int]:
-    """Return ({topic: type}, message count, duration ns) of a bag."""
-    with AnyReader([bag]) as reader:
+    """Return ({topic: type}, message count, duration ns) of a bag.
+
+    Raises rosbags' ReaderError (or FileNotFoundError) when ``bag`` is not a readable bag.
+    """
+    with AnyReader([Path(bag)]) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         return types, reader.message_count, reader.duration
 
 
 def message_class(msgtype: str) -> Any:
-    """Return the Python class for a ROS type name like 'sensor_msgs/msg/Image'."""
+    """Return the Python class for a ROS type name like 'sensor_msgs/msg/Image'.
+
+    Raises ImportError or AttributeError when the interface is not installed.
+    """
     package, kind, name = msgtype.split('/')
     return getattr(importlib.import_module(f'{package}.{kind}'), name)
 
@@ -64,11 +100,141 @@ def parse_remaps(items: list[str]) -> dict[str, str]:
     """Return {from: to} from 'FROM:=TO' items; raises ValueError on a malformed one."""
     out = {}
     for item in items:
-        if ':=' not in item:
-            raise ValueError(f"remap must look like FROM:=TO, got {item!r}")
-        src, dst = item.split(':=', 1)
+        src, sep, dst = item.partition(':=')
+        if not sep or not src or not dst:
+            raise ValueError(f'remap must look like FROM:=TO, got {item!r}')
         out[src] = dst
     return out
+
+
+class NodeMonitor:
+    """Follow a vlm3r_node's SceneStatus (``<node>/status``) and model diagnostics.
+
+    ``geometry_frames`` (frames the geometry encoder processed) is only published in the
+    node's ``/diagnostics`` model entry, so both topics are read. Callbacks run on the
+    executor spinning ``node``; waiting happens on the caller's thread.
+    """
+
+    def __init__(self, node: Node, node_name: str) -> None:
+        """Subscribe on ``node`` to the status and diagnostics of ``node_name``
+        (fully qualified, e.g. '/vlm3r_node' or '/robot1/vlm3r_node')."""
+        from vlm3r_ros.msg import SceneStatus
+        self.node_name = '/' + node_name.strip('/')
+        self.status: Any = None
+        self.geometry_frames: int | None = None
+        self.updates = 0
+        self._cv = threading.Condition()
+        self._subs = [
+            node.create_subscription(SceneStatus, f'{self.node_name}/status',
+                                     self._on_status, 10),
+            node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)]
+
+    def _on_status(self, msg: Any) -> None:
+        with self._cv:
+            self.status = msg
+            self.updates += 1
+            self._cv.notify_all()
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for entry in msg.status:
+            if entry.name != f'{self.node_name}: model':
+                continue
+            for kv in entry.values:
+                if kv.key == 'geometry_frames':
+                    with self._cv:
+                        self.geometry_frames = int(kv.value)
+                        self.updates += 1
+                        self._cv.notify_all()
+
+    def ingested(self) -> int | None:
+        """Return frames received plus rejected (None before the first status)."""
+        s = self.status
+        return None if s is None else int(s.frames_received) + int(s.frames_rejected)
+
+    def processed(self) -> int | None:
+        """Return geometry frames plus rejected frames (None until both were seen)."""
+        s, g = self.status, self.geometry_frames
+        return None if s is None or g is None else g + int(s.frames_rejected)
+
+    def wait(self, predicate: Callable[['NodeMonitor'], bool], timeout_s: float) -> bool:
+        """Block until ``predicate(self)`` holds after an update; False after ``timeout_s``."""
+        end = time.monotonic() + timeout_s
+        with self._cv:
+            while not predicate(self):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def wait_updates(self, count: int, timeout_s: float) -> bool:
+        """Block until ``count`` more status/diagnostics messages arrived."""
+        target = self.updates + count
+        return self.wait(lambda m: m.updates >= target, timeout_s)
+
+
+class StatusPacer:
+    """A ``wait_ingested`` for :class:`Replayer` that keeps the bag a few frames ahead
+    of the node at most.
+
+    ``mode`` 'ingest' counts frames the node received; 'geometry' counts frames its
+    geometry encoder processed (with the encoder's latest-frame-wins queue, a window of 2
+    lets one frame wait while another is processed, and none is skipped). Counters are
+    read relative to their value at :meth:`start`, so a node that already has frames
+    works too. After ``max_timeouts`` consecutive timeouts pacing switches itself off.
+    """
+
+    def __init__(self, monitor: NodeMonitor, mode: str = 'ingest', window: int = 1,
+                 timeout_s: float = 10.0, max_timeouts: int = 3) -> None:
+        """Raise ValueError for an unknown mode or a window below 1."""
+        if mode not in PACE_MODES:
+            raise ValueError(f'pace mode must be one of {PACE_MODES}, got {mode!r}')
+        if window < 1:
+            raise ValueError('window must be at least 1')
+        self.monitor, self.mode, self.window = monitor, mode, window
+        self.timeout_s, self.max_timeouts = timeout_s, max_timeouts
+        self.base: int | None = None
+        self.timeouts = 0
+        self._streak = 0
+        self.enabled = True
+
+    def _count(self, monitor: NodeMonitor) -> int | None:
+        return monitor.ingested() if self.mode == 'ingest' else monitor.processed()
+
+    def start(self, timeout_s: float = 10.0) -> bool:
+        """Wait for the node's counters and take them as the base; False when none came."""
+        if not self.monitor.wait(lambda m: self._count(m) is not None, timeout_s):
+            self.enabled = False
+            return False
+        self.base = self._count(self.monitor)
+        return True
+
+    def done(self) -> int:
+        """Return how many frames the node has taken since :meth:`start`."""
+        count = self._count(self.monitor)
+        return 0 if count is None or self.base is None else count - self.base
+
+    def _wait_done(self, target: int) -> bool:
+        if not self.enabled:
+            return False
+        if self.base is None and not self.start(self.timeout_s):
+            return False
+        if self.monitor.wait(lambda _m: self.done() >= target, self.timeout_s):
+            self._streak = 0
+            return True
+        self.timeouts += 1
+        self._streak += 1
+        if self._streak >= self.max_timeouts:
+            self.enabled = False  # the node does not keep up or is gone: stop waiting
+        return False
+
+    def __call__(self, n: int) -> bool:
+        """Block until the node took frame ``n - window + 1``; False on timeout."""
+        return self._wait_done(n - self.window + 1)
+
+    def finish(self, n: int) -> bool:
+        """Block until the node took all ``n`` frames; False on timeout."""
+        return self._wait_done(n)
 
 
 class Replayer:
@@ -78,14 +244,17 @@ class Replayer:
                  remaps: dict[str, str] | None = None, topics: set[str] | None = None,
                  clock: bool = False,
                  wait_ingested: Callable[[int], bool] | None = None) -> None:
-        """Prepare publishers for every topic in the bag.
+        """Prepare publishers for every topic in the bag (or only ``topics``).
 
-        ``wait_ingested(n)`` (for pacing) is called after the n-th colour frame and should
-        block until the consumer has taken it (return False to stop waiting).
+        ``wait_ingested(n)`` (for pacing) is called after the n-th colour frame (counted
+        over all loops) and should block until the consumer has taken it. Raises
+        ValueError for a negative rate and what :func:`bag_summary` raises for a bad bag.
         """
-        self.node, self.bag, self.rate = node, bag, rate
+        if rate < 0:
+            raise ValueError('rate must be >= 0')
+        self.node, self.bag, self.rate = node, Path(bag), rate
         self.remaps = remaps or {}
-        self.types, self.count, self.duration_ns = bag_summary(bag)
+        self.types, self.count, self.duration_ns = bag_summary(self.bag)
         self.topics = topics
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers = {
@@ -95,16 +264,26 @@ class Replayer:
         self.wait_ingested = wait_ingested
         self.published = 0
         self.frames = 0
+        self.loops = 0
 
-    def wait_for_subscribers(self, timeout_s: float) -> bool:
-        """Block until every image topic has a subscriber (or ``timeout_s`` passes)."""
+    def output_topic(self, topic: str) -> str:
+        """Return the topic a bag topic is published on (after remapping)."""
+        return self.remaps.get(topic, topic)
+
+    def wait_for_subscribers(self, timeout_s: float, topics: Iterable[str] | None = None
+                             ) -> bool:
+        """Block until each of ``topics`` (bag names; default: the colour image topics)
+        has a subscriber, or ``timeout_s`` passes; return whether they all do."""
+        wanted = list(topics) if topics is not None else [
+            t for t in self.publishers if is_colour_frame(t, self.types[t])]
+        pubs = [self.publishers[t] for t in wanted if t in self.publishers]
         end = time.monotonic() + timeout_s
-        images = [p for t, p in self.publishers.items() if self.types[t].endswith('Image')]
-        while time.monotonic() < end:
-            if all(p.get_subscription_count() > 0 for p in images):
+        while True:
+            if all(p.get_subscription_count() > 0 for p in pubs):
                 return True
+            if time.monotonic() >= end:
+                return False
             time.sleep(0.05)
-        return False
 
     def play(self, progress: Callable[[int, int], None] | None = None,
              stop: threading.Event | None = None) -> int:
@@ -112,13 +291,12 @@ class Replayer:
         start_wall = time.monotonic()
         first = None
         sent = 0
-        for msg in read_messages(self.bag, self.topics):
+        for msg in frame_ordered(read_messages(self.bag, self.topics)):
             if stop is not None and stop.is_set():
                 break
             first = msg.stamp_ns if first is None else first
             if self.rate > 0:
-                due = start_wall + (msg.stamp_ns - first) / 1e9 / self.rate
-                delay = due - time.monotonic()
+                delay = start_wall + (msg.stamp_ns - first) / 1e9 / self.rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             if self.clock_pub is not None:
@@ -126,14 +304,13 @@ class Replayer:
             self.publishers[msg.topic].publish(msg.data)
             sent += 1
             self.published += 1
-            if self.types[msg.topic] in ('sensor_msgs/msg/Image',
-                                         'sensor_msgs/msg/CompressedImage') \
-                    and 'depth' not in msg.topic:
+            if is_colour_frame(msg.topic, msg.msgtype):
                 self.frames += 1
                 if self.wait_ingested is not None:
                     self.wait_ingested(self.frames)
             if progress is not None:
                 progress(sent, self.count)
+        self.loops += 1
         return sent
 
 
@@ -148,36 +325,10 @@ def progress_bar(done: int, total: int, width: int = 40) -> None:
     sys.stderr.flush()
 
 
-def status_pacer(node: Node, status_topic: str, timeout_s: float = 10.0
-                 ) -> Callable[[int], bool]:
-    """Return a ``wait_ingested`` that waits for the node's SceneStatus to count n frames.
-
-    The counter is read relative to the first status seen, so a node that already
-    received frames works too.
-    """
-    from vlm3r_ros.msg import SceneStatus
-    seen: dict[str, int] = {}
-    cv = threading.Condition()
-
-    def on_status(msg: SceneStatus) -> None:
-        with cv:
-            seen.setdefault('base', int(msg.frames_received))
-            seen['now'] = int(msg.frames_received) + int(msg.frames_rejected)
-            cv.notify_all()
-
-    node.create_subscription(SceneStatus, status_topic, on_status, 10)
-
-    def wait(n: int) -> bool:
-        end = time.monotonic() + timeout_s
-        with cv:
-            while seen.get('now', -1) - seen.get('base', 0) < n:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                cv.wait(left)
-        return True
-
-    return wait
+def status_pacer(node: Node, node_name: str, mode: str = 'ingest', window: int = 1,
+                 timeout_s: float = 10.0) -> StatusPacer:
+    """Return a :class:`StatusPacer` following ``node_name``'s status on ``node``."""
+    return StatusPacer(NodeMonitor(node, node_name), mode, window, timeout_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,13 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('bag', type=Path, help='rosbag2 directory (sqlite3 or mcap)')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='playback speed factor; 0 = as fast as possible (default 1)')
-    parser.add_argument('--paced', action='store_true',
-                        help="wait for the node to ingest each frame (reads its status)")
+    parser.add_argument('--paced', nargs='?', const='ingest', choices=PACE_MODES,
+                        help='wait for the node to take each frame: ingest (received, the '
+                        'default) or geometry (processed by the encoder); reads its status')
     parser.add_argument('--node', default='/vlm3r_node', help='node whose status paces')
     parser.add_argument('--loop', type=int, default=1, help='play N times (0 = forever)')
     parser.add_argument('--clock', action='store_true', help='publish /clock')
     parser.add_argument('--remap', action='append', default=[], help='FROM:=TO topic remap')
     parser.add_argument('--topics', nargs='*', help='only these bag topics')
+    parser.add_argument('--wait', type=float, default=10.0,
+                        help='seconds to wait for a subscriber and the node status (default 10)')
     return parser
 
 
@@ -201,31 +355,44 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         remaps = parse_remaps(args.remap)
+        types, _, _ = bag_summary(args.bag)
     except ValueError as exc:
         print(f'error: {exc}')
         return 1
-    if not args.bag.exists():
-        print(f'error: no bag at {args.bag}')
+    except Exception as exc:  # noqa: BLE001 - rosbags raises several types for a bad bag
+        print(f'error: cannot read a rosbag2 bag at {args.bag}: {exc}')
         return 1
+    if args.loop < 0:
+        print('error: --loop must be >= 0')
+        return 1
+    if not any(is_colour_frame(t, m) for t, m in types.items()):
+        print(f'warning: {args.bag} has no colour image topic; nothing will be paced')
     rclpy.init(args=None)
     node = rclpy.create_node('vlm3r_replay')
-    executor = rclpy.executors.SingleThreadedExecutor()
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        pacer = status_pacer(node, f'{args.node.rstrip("/")}/status') if args.paced else None
+        pacer = None
+        if args.paced:
+            pacer = status_pacer(node, args.node, args.paced,
+                                 window=2 if args.paced == 'geometry' else 1)
+            if not pacer.start(args.wait):
+                print(f'warning: no status from {args.node} within {args.wait:g} s; '
+                      'playing unpaced')
         player = Replayer(node, args.bag, rate=args.rate, remaps=remaps,
                           topics=set(args.topics) if args.topics else None, clock=args.clock,
                           wait_ingested=pacer)
-        if not player.wait_for_subscribers(10.0):
+        if not player.wait_for_subscribers(args.wait):
             print('warning: no subscriber on the image topic yet; publishing anyway')
-        loops = 0
-        while args.loop == 0 or loops < args.loop:
+        while args.loop == 0 or player.loops < args.loop:
             player.play(progress_bar)
-            loops += 1
+        if pacer is not None and pacer.enabled:
+            pacer.finish(player.frames)
+        note = f', {pacer.timeouts} pacing timeout(s)' if pacer and pacer.timeouts else ''
         print(f'published {player.published} messages ({player.frames} frames) '
-              f'in {loops} loop(s)')
+              f'in {player.loops} loop(s){note}')
         return 0
     except KeyboardInterrupt:
         return 0

@@ -38,7 +38,7 @@ class FrameGeometry:
         tokens: ``(1 + P, dec_dim)`` tensor: the camera (pose) token, then the P patch
             tokens in row-major order, from the last decoder layer after its norm (what
             VLM-3R consumes; P = 729 at 432x432 with the 512 model). On the model's
-            device for PyTorch, on CPU for ONNX Runtime.
+            device and in its backbone dtype for PyTorch; float32 on CPU for ONNX Runtime.
         image_size: ``(h, w)`` of the model input.
         frame_index: index of the frame since the last reset (0 = world frame).
         used_ray_map: whether known intrinsics + pose were fed as a ray map.
@@ -73,7 +73,11 @@ class GeometryEncoder(Protocol):
 
 
 class StreamBase:
-    """Preprocessing, ray maps and bookkeeping shared by the PyTorch and ONNX streams."""
+    """Preprocessing, ray maps and bookkeeping shared by the PyTorch and ONNX streams.
+
+    A stream holds one sequence's state and is not thread-safe: drive it from one
+    worker thread.
+    """
 
     #: Whether the backend can take a ray map (known intrinsics + pose).
     supports_ray_map = True
