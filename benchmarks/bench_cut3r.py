@@ -57,7 +57,8 @@ def _fps(stream: StreamBase, frames: list[np.ndarray], warmup: int = 2) -> tuple
 
 def _state_bytes(config: Cut3rConfig, bytes_per_value: int) -> int:
     """Return the bytes of one stream's state + pose memory for ``config``."""
-    values = config.state_size * config.dec_embed_dim + config.local_mem_size * 2 * config.dec_embed_dim
+    values = (config.state_size * config.dec_embed_dim
+              + config.local_mem_size * 2 * config.dec_embed_dim)
     return values * bytes_per_value
 
 
@@ -122,7 +123,8 @@ def _full_size_section(
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             fps, ms = _fps(stream, _frames(n + 3), warmup=3)
-            peak = f'{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB' if cuda else 'n/a'
+            peak = (f'{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB' if cuda
+                    else 'n/a')
             out.append(f'| {str(dtype).replace("torch.", "")} | {label} | {fps:.1f} | {ms:.1f} | '
                        f'{peak} |')
     out.append('')
@@ -145,7 +147,8 @@ def run(quick: bool = False) -> str:
                f'{_state_bytes(full, 2) / 2 ** 20:.2f} MiB in 16-bit.')
     out.append('')
     if torch.cuda.is_available():
-        out += _full_size_section(full, torch.device('cuda'), (torch.float16, torch.bfloat16), quick)
+        out += _full_size_section(full, torch.device('cuda'),
+                                  (torch.float16, torch.bfloat16), quick)
     else:
         out.append('_No CUDA device: the full-size GPU measurements were skipped._')
     out.append('')

@@ -59,7 +59,8 @@ def test_round_trip_official_layout(tiny: Cut3rModel, tmp_path: Path, suffix: st
 
 
 def test_pth_layout_matches_official(tiny: Cut3rModel, tmp_path: Path) -> None:
-    path = save_official_layout(tiny, tmp_path / 'tiny.pth', args_string=tiny.config.to_official_string())
+    path = save_official_layout(tiny, tmp_path / 'tiny.pth',
+                                args_string=tiny.config.to_official_string())
     # Loadable with weights_only=True when argparse.Namespace alone is allow-listed.
     with torch.serialization.safe_globals([argparse.Namespace]):
         raw = torch.load(path, weights_only=True)
@@ -103,7 +104,8 @@ def test_key_mismatches_are_listed(tiny: Cut3rModel, tmp_path: Path) -> None:
     state['downstream_head.extra.weight'] = torch.zeros(3)
     state['register_tokens.weight'] = torch.zeros(5, tiny.config.enc_embed_dim)
     path = tmp_path / 'bad.pth'
-    torch.save({'model': state, 'args': argparse.Namespace(model=tiny.config.to_official_string())}, path)
+    args = argparse.Namespace(model=tiny.config.to_official_string())
+    torch.save({'model': state, 'args': args}, path)
     with pytest.raises(CheckpointError) as info:
         load_cut3r(path)
     message = str(info.value)

@@ -126,7 +126,8 @@ def test_official_224_linear_structure() -> None:
 
 @pytest.mark.parametrize('head_type', ['dpt', 'linear'])
 def test_tiny_keys_are_official_keys_modulo_block_counts(head_type: str) -> None:
-    full = Cut3rConfig.official_512_dpt() if head_type == 'dpt' else Cut3rConfig.official_224_linear()
+    full = (Cut3rConfig.official_512_dpt() if head_type == 'dpt'
+            else Cut3rConfig.official_224_linear())
     full_keys = set(_meta_model(full).state_dict())
     tiny_keys = set(_meta_model(Cut3rConfig.tiny(head_type)).state_dict())
     assert _modulo_blocks(tiny_keys) == _modulo_blocks(full_keys)
@@ -150,7 +151,8 @@ def test_official_strings_parse_to_expected_fields() -> None:
 
 
 def test_config_string_round_trip() -> None:
-    for cfg in (Cut3rConfig.tiny('dpt'), Cut3rConfig.tiny('linear'), Cut3rConfig.official_512_dpt()):
+    for cfg in (Cut3rConfig.tiny('dpt'), Cut3rConfig.tiny('linear'),
+                Cut3rConfig.official_512_dpt()):
         assert Cut3rConfig.from_official_string(cfg.to_official_string()) == cfg
 
 
@@ -277,7 +279,8 @@ def test_ray_map_changes_features(tiny_model: Cut3rModel) -> None:
     k = np.array([[200.0, 0, 112], [0, 200.0, 112], [0, 0, 1]])
     rays = torch.from_numpy(ray_map(k, np.eye(4), (224, 224)))[None]
     with torch.inference_mode():
-        plain = tiny_model.step(img, first.state, first.mem, torch.tensor([False]), torch.tensor([True]))
+        plain = tiny_model.step(img, first.state, first.mem, torch.tensor([False]),
+                                torch.tensor([True]))
         with_rays = tiny_model.step(img, first.state, first.mem, torch.tensor([False]),
                                     torch.tensor([True]), ray_map=rays)
         gated_off = tiny_model.step(img, first.state, first.mem, torch.tensor([False]),
@@ -316,7 +319,8 @@ def test_stream_outputs_reset_and_bounded_state(tiny_model: Cut3rModel) -> None:
     assert isinstance(geo, FrameGeometry)
     assert geo.image_size == (224, 224) and geo.frame_index == 3
     assert geo.pts_world.shape == (224, 224, 3) and geo.pts_world.dtype == np.float32
-    assert geo.conf.shape == (224, 224) and geo.pose.shape == (4, 4) and geo.pose.dtype == np.float64
+    assert geo.conf.shape == (224, 224)
+    assert geo.pose.shape == (4, 4) and geo.pose.dtype == np.float64
     assert np.allclose(geo.pose[:3, :3] @ geo.pose[:3, :3].T, np.eye(3), atol=1e-5)
     assert geo.tokens.shape == (1 + 196, tiny_model.config.dec_embed_dim)
     nbytes = stream.state_nbytes
@@ -351,7 +355,9 @@ def test_stream_uses_ray_map_only_after_first_frame(tiny_model: Cut3rModel) -> N
     ((640, 480), 512, (512, 384)),
     ((480, 640), 224, (224, 224)),
 ])
-def test_crop_mode_output_sizes(src_hw: tuple[int, int], size: int, expected: tuple[int, int]) -> None:
+def test_crop_mode_output_sizes(
+    src_hw: tuple[int, int], size: int, expected: tuple[int, int]
+) -> None:
     assert output_size(src_hw, size, 'crop') == expected
     img = np.zeros((*src_hw, 3), dtype=np.uint8)
     arr, transform = preprocess_image(img, size, 'crop')
@@ -404,7 +410,8 @@ def test_pose_encoding_to_matrix() -> None:
     angle = 0.3
     enc = np.array([1.0, 2.0, 3.0, math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)])
     mat = pose_encoding_to_matrix(enc)
-    expected = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+    c, s = math.cos(angle), math.sin(angle)
+    expected = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     assert np.allclose(mat[:3, :3], expected) and np.allclose(mat[:3, 3], [1, 2, 3])
 
 

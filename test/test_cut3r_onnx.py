@@ -1,8 +1,12 @@
 """ONNX export of the CUT3R step: numerical agreement with PyTorch over a stream.
 
 Measured on the tiny DPT profile (CPU, 8 streamed frames with ray maps, a frozen
-update and a reset): max abs difference about 1e-7 on points/confidences,
-1e-6 on pose and state, 6e-6 on tokens and pose memory. The tolerance below is 1e-4.
+update and a reset): max abs difference 1.4e-7 on world points, 4.8e-7 on
+confidences, 1.2e-6 on the pose matrix, 3.2e-6 on tokens, 1.1e-6 on the state and
+2.6e-6 on the pose memory; nothing accumulates over the stream. The full 512 DPT size
+(random weights, 432x432, 2 frames, checked once by hand: the export takes ~2 min and
+3 GB) gave 2.7e-7 on points and 4e-6 on tokens and pose. The tolerance below is 1e-4.
+Export takes ~15 s even at the tiny size (torch.export tracing), hence ``slow``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from vlm3r_ros.models.cut3r.config import Cut3rConfig  # noqa: E402
 from vlm3r_ros.models.cut3r.model import Cut3rModel  # noqa: E402
 from vlm3r_ros.models.cut3r.onnx_backend import OnnxCut3rStream, export_onnx  # noqa: E402
 from vlm3r_ros.models.cut3r.stream import Cut3rStream, GeometryEncoder  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-4
 

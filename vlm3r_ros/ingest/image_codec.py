@@ -169,6 +169,8 @@ def decode_compressed(fmt: str, data: bytes) -> np.ndarray:
     if buf[:2].tobytes() == b'\xff\xd8' and buf[-2:].tobytes() != b'\xff\xd9':
         # OpenCV decodes truncated JPEGs with grey fill and only a warning: reject them.
         raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
+    if buf[:8].tobytes() == b'\x89PNG\r\n\x1a\n' and b'IEND' not in buf[-12:].tobytes():
+        raise ImageDecodeError('PNG data is truncated (no IEND chunk)')
     header_size = compressed_size(data)
     if header_size is not None:
         # Check the declared size before decoding: a few KB of PNG/JPEG can declare a

@@ -41,6 +41,7 @@ class ModelSpec:
     tiny_weights_path: str = ''
     device: str = 'auto'
     dtype: str = 'auto'
+    onnx_cache_dir: str = '~/.cache/vlm3r_ros'
 
     @classmethod
     def from_config(cls, cfg: Any) -> 'ModelSpec':
@@ -49,7 +50,7 @@ class ModelSpec:
                    geometry_backend=cfg.geometry_backend, cut3r_weights=cfg.cut3r_weights,
                    base_path=cfg.vlm3r_base_path, non_lora_path=cfg.vlm3r_non_lora_path,
                    lora_path=cfg.vlm3r_lora_path, tiny_weights_path=cfg.tiny_weights_path,
-                   device=cfg.device, dtype=cfg.dtype)
+                   device=cfg.device, dtype=cfg.dtype, onnx_cache_dir=cfg.onnx_cache_dir)
 
     def resolved_device(self) -> str:
         """Return 'cuda' or 'cpu'; raises ModelConfigError for cuda without a GPU."""
@@ -124,8 +125,26 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
 
 
 def _stream_factory(spec: ModelSpec, cut3r: Cut3rModel, size: tuple[int, int]) -> Any:
-    """Return a callable creating fresh geometry streams over the shared weights."""
+    """Return a callable creating fresh geometry streams over the shared weights.
+
+    The ONNX backend exports the per-frame step once (float32) into ``onnx_cache_dir``,
+    keyed by profile, weights file and input size, and reuses the export afterwards.
+    """
     if spec.geometry_backend == 'onnx':
-        from vlm3r_ros.models.cut3r.onnx_backend import OnnxCut3rStream
-        return lambda: OnnxCut3rStream.from_model(cut3r, image_size=size, resize_mode='stretch')
+        from vlm3r_ros.models.cut3r.onnx_backend import OnnxCut3rStream, export_onnx
+        path = onnx_export_path(spec, size)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(cut3r.float(), path, input_size=size)
+        return lambda: OnnxCut3rStream(path, image_size=size, resize_mode='stretch')
     return lambda: Cut3rStream(cut3r, image_size=size, resize_mode='stretch')
+
+
+def onnx_export_path(spec: ModelSpec, size: tuple[int, int]) -> Path:
+    """Return where the ONNX export of this CUT3R configuration is cached."""
+    import hashlib
+    source = spec.cut3r_weights or f'{spec.profile}-seed{TINY_SEED}'
+    stamp = Path(source).stat().st_mtime_ns if spec.cut3r_weights else 0
+    digest = hashlib.sha256(f'{Path(source).resolve() if spec.cut3r_weights else source}'
+                            f'|{stamp}|{size}'.encode()).hexdigest()[:16]
+    return Path(spec.onnx_cache_dir).expanduser() / f'cut3r_{digest}.onnx'

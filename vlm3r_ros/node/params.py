@@ -72,6 +72,8 @@ SPECS: tuple[Spec, ...] = (
          choices=('cross_attention', 'position_encoding'), read_only=True),
     Spec('geometry_backend', 'torch', 'CUT3R backend.', choices=('torch', 'onnx'),
          read_only=True),
+    Spec('onnx_cache_dir', '~/.cache/vlm3r_ros', 'Where the ONNX export of CUT3R is cached '
+         '(geometry_backend onnx).', read_only=True),
     Spec('cut3r_weights', '', 'Local CUT3R checkpoint (.pth or .safetensors).', read_only=True),
     Spec('vlm3r_base_path', '', 'Local LLaVA-NeXT-Video-7B-Qwen2 directory.', read_only=True),
     Spec('vlm3r_non_lora_path', '', 'Local non_lora_trainables.bin (or .safetensors).',
@@ -138,6 +140,7 @@ class NodeConfig:
     model_profile: str
     fusion: str
     geometry_backend: str
+    onnx_cache_dir: str
     cut3r_weights: str
     vlm3r_base_path: str
     vlm3r_non_lora_path: str

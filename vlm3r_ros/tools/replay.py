@@ -5,8 +5,8 @@
 
 Messages are published as the serialized CDR bytes stored in the bag (no decode and
 re-encode). Messages sharing a log time are published calibration, depth and pose
-first and the colour image last, so the node pairs each frame with its own
-camera_info and depth. ``--rate`` scales real time (0: as fast as possible);
+first and the colour image last, so a node that takes messages as they arrive pairs
+each frame with its own camera_info and depth. ``--rate`` scales real time (0: as fast as possible);
 ``--paced`` waits for the node's status to count each colour frame (``ingest``: received;
 ``geometry``: processed by the geometry encoder) so nothing is dropped on a slow
 machine; ``--clock`` publishes ``/clock`` for nodes with ``use_sim_time``; ``--loop``
@@ -178,8 +178,9 @@ class StatusPacer:
     of the node at most.
 
     ``mode`` 'ingest' counts frames the node received; 'geometry' counts frames its
-    geometry encoder processed (with the encoder's latest-frame-wins queue, a window of 2
-    lets one frame wait while another is processed, and none is skipped). Counters are
+    geometry encoder processed. The encoder keeps only the newest waiting frame, so only
+    a window of 1 in geometry mode guarantees that every frame gets geometry (a frame
+    that arrives before the encoder took the previous one replaces it). Counters are
     read relative to their value at :meth:`start`, so a node that already has frames
     works too. After ``max_timeouts`` consecutive timeouts pacing switches itself off.
     """
@@ -270,20 +271,25 @@ class Replayer:
         """Return the topic a bag topic is published on (after remapping)."""
         return self.remaps.get(topic, topic)
 
-    def wait_for_subscribers(self, timeout_s: float, topics: Iterable[str] | None = None
-                             ) -> bool:
+    def wait_for_subscribers(self, timeout_s: float, topics: Iterable[str] | None = None,
+                             grace_s: float = 0.3) -> bool:
         """Block until each of ``topics`` (bag names; default: the colour image topics)
-        has a subscriber, or ``timeout_s`` passes; return whether they all do."""
+        has a subscriber, or ``timeout_s`` passes; return whether they all do.
+
+        A publisher sees the match before the subscriber has matched it back, and a
+        best-effort subscriber loses what arrives in between, so after matching this
+        waits ``grace_s`` more for discovery to finish on the other side.
+        """
         wanted = list(topics) if topics is not None else [
             t for t in self.publishers if is_colour_frame(t, self.types[t])]
         pubs = [self.publishers[t] for t in wanted if t in self.publishers]
         end = time.monotonic() + timeout_s
-        while True:
-            if all(p.get_subscription_count() > 0 for p in pubs):
-                return True
+        while not all(p.get_subscription_count() > 0 for p in pubs):
             if time.monotonic() >= end:
                 return False
             time.sleep(0.05)
+        time.sleep(grace_s)
+        return True
 
     def play(self, progress: Callable[[int, int], None] | None = None,
              stop: threading.Event | None = None) -> int:
@@ -376,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pacer = None
         if args.paced:
-            pacer = status_pacer(node, args.node, args.paced,
-                                 window=2 if args.paced == 'geometry' else 1)
+            pacer = status_pacer(node, args.node, args.paced)
             if not pacer.start(args.wait):
                 print(f'warning: no status from {args.node} within {args.wait:g} s; '
                       'playing unpaced')

@@ -206,7 +206,9 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], Optional[s
         state = {k[len('module.'):]: v for k, v in state.items()}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f'{path}: non-tensor entries in the state dict: {_describe_keys(bad)}')
+        raise CheckpointError(
+            f'{path}: non-tensor entries in the state dict: {_describe_keys(bad)}'
+        )
     return state, model_string
 
 
@@ -285,7 +287,10 @@ def load_cut3r(
         except (ConfigParseError, ValueError) as exc:
             raise CheckpointError(f'{path}: bad model constructor string: {exc}') from exc
         if config is not None:
-            diff = [d for d in _config_diff(config, found) if d.split(':')[0] not in _NON_ARCH_FIELDS]
+            diff = [
+                d for d in _config_diff(config, found)
+                if d.split(':')[0] not in _NON_ARCH_FIELDS
+            ]
             if diff:
                 raise CheckpointError(
                     f'{path}: given config differs from the checkpoint\'s: ' + '; '.join(diff)

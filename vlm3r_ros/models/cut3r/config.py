@@ -216,7 +216,9 @@ class Cut3rConfig:
         if self.head_type not in ('dpt', 'linear'):
             raise ValueError(f'unknown head_type {self.head_type!r}')
         if not self.pos_embed.startswith('RoPE'):
-            raise ValueError(f'only RoPE positional embeddings are supported, got {self.pos_embed!r}')
+            raise ValueError(
+                f'only RoPE positional embeddings are supported, got {self.pos_embed!r}'
+            )
         if self.state_pe not in ('2d', '1d', 'none'):
             raise ValueError(f'unknown state_pe {self.state_pe!r}')
         if len(self.dpt_layer_dims) != 4:
@@ -233,7 +235,9 @@ class Cut3rConfig:
                     'a multiple of 4 (2D RoPE needs one)'
                 )
         if self.depth_mode[1] != -INF or self.depth_mode[2] != INF:
-            raise ValueError('bounded depth_mode is not supported (the official code asserts this)')
+            raise ValueError(
+                'bounded depth_mode is not supported (the official code asserts this)'
+            )
 
     @property
     def rope_freq(self) -> float:

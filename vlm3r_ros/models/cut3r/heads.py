@@ -24,7 +24,9 @@ HeadOutput = dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------- post-processing
-def reg_dense_depth(xyz: torch.Tensor, mode: tuple[str, float, float], pos_z: bool = False) -> torch.Tensor:
+def reg_dense_depth(
+    xyz: torch.Tensor, mode: tuple[str, float, float], pos_z: bool = False
+) -> torch.Tensor:
     """Map raw 3-vectors to points: direction kept, norm ``d`` mapped by ``mode``.
 
     ``exp`` maps the norm to ``expm1(d)`` (metric, unbounded); ``pos_z`` flips each
@@ -67,7 +69,8 @@ def postprocess_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a ``(B, 4, H, W)`` map into points ``(B, H, W, 3)`` and confidence ``(B, H, W)``."""
     fmap = out.permute(0, 2, 3, 1)
-    return reg_dense_depth(fmap[..., 0:3], depth_mode, pos_z), reg_dense_conf(fmap[..., 3], conf_mode)
+    pts = reg_dense_depth(fmap[..., 0:3], depth_mode, pos_z)
+    return pts, reg_dense_conf(fmap[..., 3], conf_mode)
 
 
 def postprocess_rgb(out: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

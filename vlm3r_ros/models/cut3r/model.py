@@ -55,7 +55,9 @@ class LocalMemory(nn.Module):
             for _ in range(depth)
         ])
 
-    def update_mem(self, mem: torch.Tensor, feat_k: torch.Tensor, feat_v: torch.Tensor) -> torch.Tensor:
+    def update_mem(
+        self, mem: torch.Tensor, feat_k: torch.Tensor, feat_v: torch.Tensor
+    ) -> torch.Tensor:
         """Return the memory after writing key ``feat_k`` ``(B,1,k_dim)`` / value ``feat_v``."""
         feat = torch.cat([self.proj_q(feat_k), feat_v], dim=-1)
         for blk in self.write_blocks:
@@ -300,8 +302,11 @@ class Cut3rModel(nn.Module):
         pose_feat = torch.where(
             first, self.pose_token.expand(b, -1, -1).to(feat.dtype), retrieved
         )
-        new_state, dec = self.decode(state_in, self.state_positions(b, img.device), feat, pos, pose_feat)
-        new_mem = self.pose_retriever.update_mem(mem_in.to(feat.dtype), global_feat, dec[-1][:, 0:1])
+        state_pos = self.state_positions(b, img.device)
+        new_state, dec = self.decode(state_in, state_pos, feat, pos, pose_feat)
+        new_mem = self.pose_retriever.update_mem(
+            mem_in.to(feat.dtype), global_feat, dec[-1][:, 0:1]
+        )
 
         hooks = self.config.hook_layers
         head_in = [

@@ -235,7 +235,8 @@ class OnnxCut3rStream(StreamBase):
             'update': np.array([update], dtype=np.bool_),
         }
         if self.with_ray_map:
-            feeds['ray_map'] = (rays if rays is not None else np.zeros((6, h, w), np.float32))[None]
+            rays_in = rays if rays is not None else np.zeros((6, h, w), np.float32)
+            feeds['ray_map'] = rays_in[None]
             feeds['use_ray'] = np.array([1.0 if rays is not None else 0.0], dtype=np.float32)
         outs = dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
         self._state, self._mem = outs['new_state'], outs['new_mem']

@@ -98,7 +98,9 @@ def _crop_plan(
     return long_edge, (new_w, new_h), (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
 
 
-def output_size(src_hw: tuple[int, int], image_size: SizeSpec, resize_mode: str = 'crop') -> tuple[int, int]:
+def output_size(
+    src_hw: tuple[int, int], image_size: SizeSpec, resize_mode: str = 'crop'
+) -> tuple[int, int]:
     """Return the model input ``(h, w)`` for a source image of ``src_hw``.
 
     Raises:
@@ -175,7 +177,9 @@ def preprocess_image(
     elif resize_mode == 'stretch':
         h, w = output_size((src_h, src_w), image_size, 'stretch')
         out = _resize_bilinear(arr.astype(np.float32) / 255.0, h, w)
-        transform = ImageTransform(scale=(w / src_w, h / src_h), offset=(0.0, 0.0), out_size=(h, w))
+        transform = ImageTransform(
+            scale=(w / src_w, h / src_h), offset=(0.0, 0.0), out_size=(h, w)
+        )
     else:
         raise ValueError(f'unknown resize_mode {resize_mode!r}; use one of {RESIZE_MODES}')
     h, w = transform.out_size
@@ -200,7 +204,9 @@ def ray_map(intrinsics: np.ndarray, cam_to_ref: np.ndarray, size: tuple[int, int
         size: ``(h, w)`` of the model input.
     """
     h, w = size
-    i, j = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64), indexing='xy')
+    i, j = np.meshgrid(
+        np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64), indexing='xy'
+    )
     grid = np.stack([i, j, np.ones_like(i)], axis=-1).reshape(-1, 3)
     pose = np.asarray(cam_to_ref, dtype=np.float64)
     dirs = (np.linalg.inv(intrinsics) @ grid.T).T

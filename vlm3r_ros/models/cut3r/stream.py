@@ -152,12 +152,14 @@ class StreamBase:
         )
         rays = None
         if is_first and cam_to_world is not None:
-            self._reference_pose = np.asarray(cam_to_world, dtype=np.float64).copy()
-            if self._reference_pose.shape != (4, 4):
-                raise ValueError(f'cam_to_world must be 4x4, got {self._reference_pose.shape}')
+            reference = np.asarray(cam_to_world, dtype=np.float64).copy()
+            if reference.shape != (4, 4):
+                raise ValueError(f'cam_to_world must be 4x4, got {reference.shape}')
+            self._reference_pose = reference
         elif intrinsics is not None and cam_to_world is not None and self.supports_ray_map:
             k = transform.apply_to_intrinsics(intrinsics)
-            rays = ray_map(k, relative_pose(self._reference_pose, cam_to_world), transform.out_size)
+            cam_to_ref = relative_pose(self._reference_pose, cam_to_world)
+            rays = ray_map(k, cam_to_ref, transform.out_size)
         out = self._run(img, rays, is_first, update)
         self._frame_index += 1
         return FrameGeometry(

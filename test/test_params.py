@@ -1,0 +1,54 @@
+"""Parameter table, validation and the shipped YAML file."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlm3r_ros.node import params
+from vlm3r_ros.node.write_config import render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def defaults():
+    return {s.name: s.default for s in params.SPECS}
+
+
+def test_config_file_is_generated_from_the_table():
+    text = (ROOT / 'config' / 'vlm3r.yaml').read_text()
+    assert text == render(), 'run: python -m vlm3r_ros.node.write_config > config/vlm3r.yaml'
+    loaded = yaml.safe_load(text)['vlm3r_node']['ros__parameters']
+    assert loaded == defaults()
+
+
+def test_defaults_validate_and_map_to_engine_config():
+    cfg = params.validate(defaults())
+    engine = cfg.engine_config()
+    assert engine.keyframe_budget == 32 and engine.coverage_ratio == 0.95
+    assert engine.max_bytes == 1024 << 20
+    assert cfg.up_vector() == (0.0, -1.0, 0.0)  # CUT3R world without a pose topic
+    assert params.validate({**defaults(), 'pose_topic': 'odom'}).up_vector() == (0, 0, 1)
+
+
+@pytest.mark.parametrize('name,value,match', [
+    ('image_transport', 'theora', 'not one of'),
+    ('keyframe_budget', 0, 'outside'),
+    ('coverage_ratio', 1.5, 'outside'),
+    ('image_topic', ' ', 'must not be empty'),
+    ('up_axis', '1,2', "'auto' or 'x,y,z'"),
+    ('up_axis', '0,0,0', 'must not be zero'),
+])
+def test_bad_values_are_rejected_by_name(name, value, match):
+    with pytest.raises(ValueError, match=match):
+        params.validate({**defaults(), name: value})
+
+
+def test_every_spec_has_a_description_and_sane_range():
+    for spec in params.SPECS:
+        assert spec.description.strip(), spec.name
+        if spec.low is not None:
+            assert spec.low <= spec.default <= spec.high, spec.name
+        if spec.choices:
+            assert spec.default in spec.choices, spec.name
+        desc = params.descriptor(spec)
+        assert desc.description == spec.description

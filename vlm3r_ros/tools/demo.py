@@ -1,0 +1,195 @@
+"""`make demo`: a synthetic room, the real node, real service calls, scores.
+
+    python -m vlm3r_ros.tools.demo [--out out/demo] [--profile tiny] [--regenerate]
+
+Generates (or reuses) a small deterministic synthetic bag with ground-truth questions in
+``<out>/data`` (a 24 s walk through a furnished room at 5 Hz, 320x240, camera poses),
+starts vlm3r_node on the embedded default profile, replays the bag into it, asks every
+question through the SpatialQuery service, prints each answer beside the ground truth,
+the per-task scores and the overall score against chance, and calls PlanRoute once.
+Results (results.json/.csv, scores.png, answers.jsonl, node.log) go to ``<out>/results``.
+Everything here is :mod:`vlm3r_ros.tools.evaluate`'s machinery; this file only chooses
+the data and prints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm3r_ros.eval.bags import write_bag
+from vlm3r_ros.eval.scenes import Scene, make_scene, make_trajectory
+from vlm3r_ros.tools.evaluate import (Answer, BagInfo, EvalResult, EvalSetupError, evaluate,
+                                      load_bag_dir, open_session, summary_text,
+                                      write_results)
+
+# Scene seed 3 yields questions for all 15 VSI-Bench and VSTI-Bench tasks at this size.
+DEMO_SETTINGS: dict[str, Any] = {
+    'scene_seed': 3, 'trajectory_seed': 3, 'qa_seed': 3, 'seconds': 24.0, 'rate_hz': 5.0,
+    'width': 320, 'height': 240, 'per_task': 3, 'storage': 'sqlite3', 'with_pose': True}
+STAMP_FILE = 'demo_settings.json'
+
+
+def ensure_demo_bag(data_dir: Path, settings: dict[str, Any] = DEMO_SETTINGS,
+                    regenerate: bool = False) -> tuple[BagInfo, bool]:
+    """Return (the demo bag's info, whether it was generated now).
+
+    An existing bag is reused when it was written with the same ``settings``; otherwise
+    ``data_dir`` (the demo's own folder) is replaced.
+    """
+    stamp = data_dir / STAMP_FILE
+    if not regenerate and stamp.is_file() and (data_dir / 'qa.json').is_file():
+        try:
+            if json.loads(stamp.read_text(encoding='utf8')) == settings:
+                return load_bag_dir(data_dir), False
+        except (ValueError, EvalSetupError):
+            pass  # unreadable or stale: write it again
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    scene = make_scene(settings['scene_seed'])
+    trajectory = make_trajectory(scene, seconds=settings['seconds'], rate_hz=settings['rate_hz'],
+                                 seed=settings['trajectory_seed'])
+    write_bag(scene, trajectory, data_dir, storage=settings['storage'],
+              with_pose=settings['with_pose'], width=settings['width'],
+              height=settings['height'], qa_seed=settings['qa_seed'],
+              qa_kwargs={'max_per_task': settings['per_task']})
+    stamp.write_text(json.dumps(settings, indent=1), encoding='utf8')
+    return load_bag_dir(data_dir), True
+
+
+def _short(text: str, width: int) -> str:
+    text = ' '.join(text.split())
+    return text if len(text) <= width else text[:width - 3] + '...'
+
+
+def print_answer(index: int, answer: Answer, total: int) -> None:
+    """Print one question with the model's answer beside the ground truth."""
+    item = answer.item
+    if answer.error_code == 0:
+        got = _short(repr(answer.answer), 28)
+    else:
+        got = f'[{answer.error_name}]'
+    truth = str(item.answer)
+    if item.answer_type == 'option':
+        truth += f' ({_short(item.answer_text, 22)})'
+    print(f'{index + 1:>3}/{total} {_short(item.task, 27):<27} {_short(item.question, 58):<58} '
+          f'model: {got:<30} truth: {truth}', flush=True)
+
+
+def route_goal(info: BagInfo) -> tuple[str, np.ndarray | None]:
+    """Return (goal text, goal centre) for the route demo: the object with a category of
+    its own that the questions mention most."""
+    scene = Scene.from_dict(info.doc['scene'])
+    unique = set(scene.unique_categories())
+    mentions = Counter(i for item in info.items for i in item.object_ids
+                       if scene.object(i).category in unique)
+    if not mentions:
+        return 'the door', None
+    obj = scene.object(sorted(mentions.items(), key=lambda kv: (-kv[1], kv[0]))[0][0])
+    return f'the {obj.category}', np.asarray(obj.center)
+
+
+def unusable_answers(result: EvalResult) -> int:
+    """Return how many OK answers gave no valid number or option letter (scored 0)."""
+    return sum(1 for a, s in zip(result.answers, result.report.items)
+               if a.error_code == 0 and s.parsed == '')
+
+
+def honesty_note(result: EvalResult, profile: str, weights_configured: bool) -> str:
+    """Return the plain statement about what the scores of this profile mean."""
+    report = result.report
+    ok = result.errors.get('OK', 0)
+    score = (f'overall {100 * report.overall:.1f}% against chance '
+             f'{100 * report.overall_chance:.1f}%')
+    if profile == 'tiny' and not weights_configured:
+        return (
+            'PLEASE NOTE: the tiny default profile runs the real CUT3R + VLM-3R architecture '
+            'with UNTRAINED, randomly initialised weights. Its answers are noise: '
+            f'{unusable_answers(result)} of {ok} answers were not even a valid number or '
+            'option letter (scored 0). Its scores therefore sit at or below chance '
+            f'({score}). They say nothing about VLM-3R; configure trained weights '
+            '(tiny_weights_path, or model_profile vlm3r-7b with local weights) for '
+            'meaningful scores.')
+    return f'Scores of profile {profile}: {score}.'
+
+
+def print_route(response: Any, goal: str, goal_centre: np.ndarray | None) -> None:
+    """Print the PlanRoute result: steps and length, or the error code."""
+    from vlm3r_ros.pipeline.errors import ErrorCode
+    print(f'\nPlanRoute to {goal!r}:')
+    if response is None:
+        print('  no response from the plan_route service')
+        return
+    if not response.success:
+        print(f'  error {ErrorCode(response.error_code).name}: {response.message}')
+        return
+    for i, step in enumerate(response.steps):
+        print(f'  {i + 1}. {step}')
+    print(f'  path: {len(response.path.poses)} poses in {response.path.header.frame_id}, '
+          f'{response.length_m:.2f} m ({response.elapsed_s:.2f} s)')
+    if response.model_steps:
+        print('  model steps: ' + '; '.join(_short(s, 40) for s in response.model_steps))
+    if goal_centre is not None and response.path.poses:
+        end = response.path.poses[-1].pose.position
+        miss = math.hypot(end.x - goal_centre[0], end.y - goal_centre[1])
+        print(f'  the path ends {miss:.2f} m (in the floor plane) from the real {goal[4:]}')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser."""
+    parser = argparse.ArgumentParser(prog='vlm3r-demo', description=__doc__.splitlines()[0])
+    parser.add_argument('--out', type=Path, default=Path('out/demo'),
+                        help='demo folder (default out/demo)')
+    parser.add_argument('--profile', default='tiny', choices=('tiny', 'vlm3r-7b', 'none'),
+                        help='model_profile of the node (default: tiny, the embedded default)')
+    parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='extra node parameter, e.g. tiny_weights_path:=/path')
+    parser.add_argument('--regenerate', action='store_true', help='write the bag again')
+    parser.add_argument('--ready-timeout', type=float, default=120.0,
+                        help='seconds to wait for the node and its model (default 120)')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; return 0 when every question got a response, 1 otherwise."""
+    args = build_parser().parse_args(argv)
+    args.launch, args.node = True, '/vlm3r_node'
+    started = time.monotonic()
+    data_dir, results_dir = args.out / 'data', args.out / 'results'
+    info, fresh = ensure_demo_bag(data_dir, regenerate=args.regenerate)
+    print(f'{"generated" if fresh else "reusing"} synthetic bag {info.bag_path}: '
+          f'{info.num_frames} frames {DEMO_SETTINGS["width"]}x{DEMO_SETTINGS["height"]} at '
+          f'{DEMO_SETTINGS["rate_hz"]:g} Hz, {len(info.items)} questions over '
+          f'{len({i.task for i in info.items})} tasks ({time.monotonic() - started:.1f} s)')
+    goal, goal_centre = route_goal(info)
+    try:
+        session = open_session(args, info, results_dir)
+        with session:
+            result = evaluate(session, info, info.items,
+                              on_answer=lambda i, a: print_answer(i, a, len(info.items)))
+            route = session.plan_route(goal)
+            print_route(route, goal, goal_centre)
+    except (EvalSetupError, ValueError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    paths = write_results(result, results_dir, title=f'vlm3r_node ({args.profile}) on the '
+                          'synthetic demo room')
+    print()
+    print(summary_text(result))
+    weights = any(p.split(':=')[0] in ('tiny_weights_path', 'cut3r_weights') for p in args.param)
+    print('\n' + honesty_note(result, args.profile, weights))
+    print(f'\nresults: {results_dir} ({", ".join(p.name for p in paths.values())}, node.log)')
+    print(f'demo finished in {time.monotonic() - started:.1f} s')
+    return 1 if result.unanswered else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
