@@ -123,7 +123,7 @@ def test_replay_delivers_every_frame(tmp_path, scene_traj, storage, compressed):
         # Every frame but the first has a K: topics are not ordered against each other
         # on the node's side, so the very first image may be taken before the first
         # camera_info even though the replay publishes camera_info first.
-        for record in records:
+        for record in records[1:]:
             assert record.intrinsics is not None and np.allclose(record.intrinsics, K)
         assert len(node.engine.poses) == 10
 

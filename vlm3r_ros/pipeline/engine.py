@@ -297,7 +297,7 @@ class SpatialEngine:
         result = self.buffer.add(stamp_ns, image, depth=depth, intrinsics=intrinsics)
         self._received += 1
         if result.reset:
-            self._reset_world()
+            self._reset_world(stamp_ns)
         if result.accepted:
             self._hand_to_geometry(result.frame)
         return result.reset
@@ -316,13 +316,13 @@ class SpatialEngine:
     def _on_evict(self, record: FrameRecord) -> None:
         self.coverage.remove(record.frame_id)
 
-    def _reset_world(self) -> None:
+    def _reset_world(self, stamp_ns: int) -> None:
         LOG.warning('frame stamps went backwards: buffer, keyframes and trajectory reset')
         self.coverage.clear()
         with self._lock:
             self.graph = self._new_graph()
             self._stream_epoch += 1
-        self.poses.clear()
+        self.poses.drop_after(stamp_ns)
 
     # ------------------------------------------------------------------ geometry
     def _geometry_loop(self) -> None:

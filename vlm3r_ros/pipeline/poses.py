@@ -49,11 +49,14 @@ class PoseHistory:
                         best = (gap, self._poses[j])
             return None if best is None else best[1]
 
-    def clear(self) -> None:
-        """Forget every pose (time went backwards)."""
+    def drop_after(self, stamp_ns: int) -> None:
+        """Forget poses stamped after ``stamp_ns`` + tolerance (time went backwards).
+
+        Poses of the new timeline that arrived just before its first frame are kept.
+        """
         with self._lock:
-            self._stamps.clear()
-            self._poses.clear()
+            i = bisect.bisect_right(self._stamps, stamp_ns + self.tolerance_ns)
+            del self._stamps[i:], self._poses[i:]
 
     def __len__(self) -> int:
         """Return the number of poses held."""
