@@ -15,6 +15,7 @@ from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import matrix_to_pose, ns_to_stamp, stamp_to_ns
 from vlm3r_ros.pipeline.answers import parse_answer
 from vlm3r_ros.srv import PlanRoute, SpatialQuery
+from vlm3r_ros.tools import route_map_cli
 
 pytestmark = pytest.mark.ros
 TINY = dict(model_profile='tiny', geometry_rate_hz=100.0)
@@ -98,7 +99,7 @@ def dijkstra_length(graph, start, goal):
     return math.inf
 
 
-def test_route_over_traversed_graph_service_and_action():
+def test_route_over_traversed_graph_service_and_action(tmp_path):
     poses = l_shaped_poses()
     with running_node(pose_topic='pose', pose_topic_type='pose_stamped', **TINY) as (node, ns), \
             client_node() as client:
@@ -142,6 +143,10 @@ def test_route_over_traversed_graph_service_and_action():
         result = result_future.result().result
         assert result.success and result.steps == res.steps
         assert 'queued' in stages and 'planning' in stages
+        # The top-down map of what the node published (trajectory, keyframes, route).
+        out = tmp_path / 'map.png'
+        assert route_map_cli.main(['--node', f'{ns}/vlm3r_node', '--out', str(out)]) == 0
+        assert out.stat().st_size > 10_000
 
 
 def test_model_load_failure_is_reported_and_node_keeps_serving():

@@ -116,6 +116,19 @@ def route_to_path(result: RouteResult, frame_id: str, stamp: Time) -> Path:
     return path
 
 
+def points_to_path(points: np.ndarray, frame_id: str, stamp: Time) -> Path:
+    """Return (N, 3) points as a ``nav_msgs/Path`` with identity orientations."""
+    path = Path()
+    path.header.frame_id, path.header.stamp = frame_id, stamp
+    for x, y, z in np.asarray(points, dtype=np.float64).reshape(-1, 3):
+        ps = PoseStamped()
+        ps.header = path.header
+        ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = float(x), float(y), float(z)
+        ps.pose.orientation.w = 1.0
+        path.poses.append(ps)
+    return path
+
+
 def keyframe_markers(poses: Sequence[tuple[int, np.ndarray]], frame_id: str, stamp: Time,
                      namespace: str = 'keyframes') -> MarkerArray:
     """Return one arrow per keyframe pose (camera viewing direction) plus a DELETEALL."""

@@ -38,7 +38,8 @@ from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node import params
 from vlm3r_ros.node.ros_convert import (
     camera_info_to_intrinsics, depth_to_array, diagnostics, finite_or_nan, image_to_rgb,
-    keyframe_markers, ns_to_stamp, pose_msg_to_matrix, route_to_path, stamp_to_ns)
+    keyframe_markers, ns_to_stamp, points_to_path, pose_msg_to_matrix, route_to_path,
+    stamp_to_ns)
 from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
@@ -68,6 +69,8 @@ class Vlm3rNode(LifecycleNode):
         self._diag_pub = None
         self._path_pub = None
         self._marker_pub = None
+        self._trajectory_pub = None
+        self._trajectory_len = -1
         self._timer = None
         self._intrinsics = None
         self._latest_depth: Any = None  # newest depth map, paired with the next colour frame
@@ -103,6 +106,7 @@ class Vlm3rNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._path_pub = self.create_publisher(Path, '~/route', latched)
         self._marker_pub = self.create_publisher(MarkerArray, '~/keyframes', latched)
+        self._trajectory_pub = self.create_publisher(Path, '~/trajectory', latched)
         self._timer = self.create_timer(cfg.status_period_s, self._publish_status,
                                         callback_group=self._timer_group)
         self.engine.load_models()
@@ -183,10 +187,13 @@ class Vlm3rNode(LifecycleNode):
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
-        for pub in (self._status_pub, self._diag_pub, self._path_pub, self._marker_pub):
+        pubs = (self._status_pub, self._diag_pub, self._path_pub, self._marker_pub,
+                self._trajectory_pub)
+        for pub in pubs:
             if pub is not None:
                 self.destroy_publisher(pub)
         self._status_pub = self._diag_pub = self._path_pub = self._marker_pub = None
+        self._trajectory_pub = None
 
     # ------------------------------------------------------------------ ingest
     def _image_qos(self) -> QoSProfile:
@@ -412,10 +419,20 @@ class Vlm3rNode(LifecycleNode):
         msg.requests_answered = status.requests_answered
         msg.last_error = status.last_error
         self._status_pub.publish(msg)
+        self._publish_trajectory(engine, cfg.map_frame, stamp)
         if self._diag_pub is not None:
             self._diag_pub.publish(diagnostics(status, STREAM_STATES[stream_state],
                                                self._input_desc(), self.get_fully_qualified_name(),
                                                stamp, age))
+
+    def _publish_trajectory(self, engine: SpatialEngine, frame_id: str, stamp: Any) -> None:
+        """Publish the traversed trajectory (graph nodes) when it changed."""
+        if self._trajectory_pub is None:
+            return
+        points = engine.trajectory()
+        if len(points) != self._trajectory_len:
+            self._trajectory_len = len(points)
+            self._trajectory_pub.publish(points_to_path(points, frame_id, stamp))
 
     def _publish_keyframes(self, stamps_ns: list[int]) -> None:
         engine, cfg = self.engine, self.config

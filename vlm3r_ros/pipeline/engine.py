@@ -615,6 +615,13 @@ class SpatialEngine:
         return records[index]
 
     # ------------------------------------------------------------------ status
+    def trajectory(self) -> np.ndarray:
+        """Return the traversed trajectory's graph nodes as (N, 3) world points, in order."""
+        with self._lock:
+            ids, _ = self.graph.node_positions()
+            nodes = sorted((self.graph.node(int(i)) for i in ids), key=lambda n: n.stamp_ns)
+            return np.array([n.position for n in nodes], dtype=np.float64).reshape(-1, 3)
+
     def status(self) -> EngineStatus:
         """Return a snapshot of counters, buffer, keyframes and model state."""
         stats = self.buffer.stats()
