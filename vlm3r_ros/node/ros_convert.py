@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -78,6 +78,16 @@ def pose_to_matrix(pose: Pose) -> np.ndarray:
     out[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
     if not np.all(np.isfinite(out[:3, 3])):
         raise ValueError(f'pose position is not finite ({out[0, 3]}, {out[1, 3]}, {out[2, 3]})')
+    return out
+
+
+def transform_to_matrix(msg: Any) -> np.ndarray:
+    """Return a 4x4 matrix for a ``geometry_msgs/Transform`` (or TransformStamped)."""
+    t = getattr(msg, 'transform', msg)
+    q = t.rotation
+    out = np.eye(4)
+    out[:3, :3] = quat2mat([q.w, q.x, q.y, q.z])
+    out[:3, 3] = [t.translation.x, t.translation.y, t.translation.z]
     return out
 
 
