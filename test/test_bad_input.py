@@ -166,6 +166,7 @@ def raw_rig():
                     'pose': client.create_publisher(PoseStamped, f'{ns}/pose', 50)}
             for pub in pubs.values():
                 assert wait_for(lambda p=pub: p.get_subscription_count() > 0, 10)
+            time.sleep(0.3)  # let the subscribers match these writers (best-effort samples)
             rig = RawRig(node, ns, client, log, statuses, pubs,
                          Caller(client, SpatialQuery, f'{ns}/vlm3r_node/spatial_query'),
                          Caller(client, PlanRoute, f'{ns}/vlm3r_node/plan_route'), calls)
@@ -413,6 +414,7 @@ def compressed_rig():
         pub = client.create_publisher(CompressedImage, f'{ns}/camera/image_raw/compressed',
                                       qos_profile_sensor_data)
         assert wait_for(lambda: pub.get_subscription_count() > 0, 10)
+        time.sleep(0.3)  # let the subscriber match this writer (best-effort samples)
         statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
         state = {'rejected': 0, 'good': []}
         for i in range(3):
@@ -438,7 +440,7 @@ COMPRESSED_CASES = {
                             'could not be decoded'),
     'JPEG declaring 0x0': (jpeg_with_size(0, 0), 'zero size (0x0)'),
     'truncated PNG': (encode_compressed(synthetic_frame(3), 'png')[:200],
-                      'PNG data is truncated (no IEND chunk)'),
+                      'compressed image (png) could not be decoded'),
     '16k-wide JPEG': (encode_compressed(np.zeros((8, 16384, 3), np.uint8)),
                       'image 16384x8 exceeds the limit'),
     'PNG declaring 16k x 16k': (png_declaring(16384, 16384, rows=2),
@@ -453,7 +455,7 @@ def test_bad_compressed_image_is_rejected_and_logged(compressed_rig, case):
     node, _ns, _client, pub, log, _statuses, state = compressed_rig
     data, expected = COMPRESSED_CASES[case]
     buffered = len(node.engine.buffer)
-    msg = CompressedImage(format='jpeg', data=data)
+    msg = CompressedImage(format='png' if 'PNG' in case else 'jpeg', data=data)
     msg.header.stamp = ns_to_stamp(START_NS + 50 * PERIOD_NS)
     pub.publish(msg)
     expect_rejection(node, state['rejected'], log, 'image', expected)

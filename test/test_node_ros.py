@@ -118,7 +118,7 @@ def test_lifecycle_deactivate_and_reactivate():
         node.trigger_deactivate()
         assert node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE
         publish_frames(client, f'{ns}/camera/image_raw', 3, start_ns=9_000_000_000,
-                       pause_s=0.0)
+                       pause_s=0.0, expect_subscriber=False)
         time.sleep(0.3)
         assert len(node.engine.buffer) == 4  # not subscribed while inactive
         node.trigger_activate()

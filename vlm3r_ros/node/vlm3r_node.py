@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -48,6 +49,12 @@ from vlm3r_ros.srv import PlanRoute, SpatialQuery
 
 STREAM_STATES = {SceneStatus.STREAM_WAITING: 'WAITING', SceneStatus.STREAM_OK: 'OK',
                  SceneStatus.STREAM_STALE: 'STALE'}
+# The model workers run Python-heavy inference that holds the GIL for long stretches. The
+# executor and ingest threads release and re-take the GIL on every rcl call, and with
+# CPython's default 5 ms switch interval each re-take can wait 5 ms behind a worker: under
+# question load the image queue overflowed (about half the frames of a 30 Hz stream were
+# lost in test_load.py). 1 ms slices keep ingest at camera rate.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class Vlm3rNode(LifecycleNode):
@@ -99,6 +106,8 @@ class Vlm3rNode(LifecycleNode):
         if cfg.model_profile != 'none':
             from vlm3r_ros.models.loader import ModelSpec, load_bundle
             loader = functools.partial(load_bundle, ModelSpec.from_config(cfg))
+            if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+                sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # process-wide; see the constant
         self.engine = SpatialEngine(cfg.engine_config(), loader)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
