@@ -142,3 +142,19 @@ def test_questions_while_loading_and_after_unload(bundle):
         assert res.code == ErrorCode.MODEL_NOT_READY
     finally:
         engine.stop()
+
+
+def test_reload_starts_a_new_world_but_keeps_frames(bundle, room):
+    engine = make_engine(bundle)
+    try:
+        feed(engine, room[:4])
+        assert len(engine.coverage) == 4
+        engine.unload_models()
+        engine.load_models(blocking=True)
+        # The new geometry stream has a new origin: old voxels/poses are not mixed in.
+        assert len(engine.coverage) == 0 and len(engine.graph) == 0
+        assert len(engine.buffer) == 4 and all(r.voxels is None for r in engine.buffer.snapshot())
+        feed(engine, room[4:6], start_ns=10_000_000_000)
+        assert len(engine.coverage) >= 1 and len(engine.buffer) == 6
+    finally:
+        engine.stop()

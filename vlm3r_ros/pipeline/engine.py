@@ -241,6 +241,10 @@ class SpatialEngine:
                 self._model_error = f'{type(exc).__name__}: {exc}'
                 self._last_error = f'model load failed: {self._model_error}'
             return
+        if self._geometry_frames:
+            # A fresh geometry stream starts a new world origin: geometry from the previous
+            # load would mix frames. Frames stay buffered; their derived data is dropped.
+            self._forget_geometry()
         with self._lock:
             self._bundle = bundle
             self._stream = bundle.new_geometry_stream()
@@ -323,7 +327,17 @@ class SpatialEngine:
         with self._lock:
             self.graph = self._new_graph()
             self._stream_epoch += 1
+            self._selection_cache = None
         self.poses.drop_after(stamp_ns)
+
+    def _forget_geometry(self) -> None:
+        """Drop keyframe candidates, trajectory and per-frame geometry (new world origin)."""
+        self.coverage.clear()
+        with self._lock:
+            self.graph = self._new_graph()
+            self._selection_cache = None
+        for record in self.buffer.snapshot():
+            self.buffer.attach(record.frame_id, pose=None, voxels=None, tokens=None)
 
     # ------------------------------------------------------------------ geometry
     def _geometry_loop(self) -> None:
