@@ -129,3 +129,28 @@ def test_lifecycle_deactivate_and_reactivate():
         node.trigger_cleanup()
         assert node.engine is None
         assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
+
+
+def test_tf_pose_source_without_tf2_is_reported():
+    pytest.importorskip('rclpy')
+    try:
+        import tf2_ros  # noqa: F401
+        pytest.skip('tf2_ros is installed: the wheel-only failure path does not apply')
+    except ImportError:
+        pass
+    with running_node(model_profile='none', tf_camera_frame='camera_optical_frame') as \
+            (_node, ns), client_node() as client:
+        statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
+        status = statuses.wait(lambda m: 'tf2_ros is not installed' in m.last_error)
+        assert 'pose_topic' in status.last_error
+
+
+def test_transform_to_matrix():
+    from geometry_msgs.msg import TransformStamped
+    from vlm3r_ros.node.ros_convert import transform_to_matrix
+    t = TransformStamped()
+    t.transform.translation.x, t.transform.translation.z = 1.0, 2.0
+    t.transform.rotation.z, t.transform.rotation.w = math.sin(math.pi / 4), math.cos(math.pi / 4)
+    m = transform_to_matrix(t)
+    np.testing.assert_allclose(m[:3, 3], [1, 0, 2])
+    np.testing.assert_allclose(m[:3, :3] @ [1, 0, 0], [0, 1, 0], atol=1e-12)

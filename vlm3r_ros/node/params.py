@@ -40,6 +40,8 @@ SPECS: tuple[Spec, ...] = (
          "of the geometry encoder's poses for routes and depth voxels (empty: none)."),
     Spec('pose_topic_type', 'odometry', 'Message type on pose_topic.',
          choices=('odometry', 'pose_stamped')),
+    Spec('tf_camera_frame', '', 'Optional camera optical frame looked up in TF (map_frame -> '
+         'this frame at each image stamp) for poses; needs tf2_ros (distribution installs).'),
     Spec('qos_reliability', 'best_effort', 'Image subscription reliability; best_effort '
          '(sensor-data QoS) matches most camera drivers and also reliable publishers.',
          choices=('best_effort', 'reliable')),
@@ -124,6 +126,7 @@ class NodeConfig:
     depth_scale: float
     pose_topic: str
     pose_topic_type: str
+    tf_camera_frame: str
     qos_reliability: str
     qos_depth: int
     buffer_max_frames: int
@@ -175,7 +178,8 @@ class NodeConfig:
     def up_vector(self) -> tuple[float, float, float]:
         """Return the world up axis; raises ValueError for a malformed value."""
         if self.up_axis == 'auto':
-            return (0.0, 0.0, 1.0) if self.pose_topic else (0.0, -1.0, 0.0)
+            external = self.pose_topic or self.tf_camera_frame
+            return (0.0, 0.0, 1.0) if external else (0.0, -1.0, 0.0)
         try:
             x, y, z = (float(v) for v in self.up_axis.split(','))
         except ValueError:

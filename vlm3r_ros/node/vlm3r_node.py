@@ -40,7 +40,7 @@ from vlm3r_ros.node import params
 from vlm3r_ros.node.ros_convert import (
     camera_info_to_intrinsics, depth_to_array, diagnostics, finite_or_nan, image_to_rgb,
     keyframe_markers, ns_to_stamp, points_to_path, pose_msg_to_matrix, route_to_path,
-    stamp_to_ns)
+    stamp_to_ns, transform_to_matrix)
 from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
@@ -80,7 +80,10 @@ class Vlm3rNode(LifecycleNode):
         self._trajectory_len = -1
         self._timer = None
         self._intrinsics = None
-        self._latest_depth: Any = None  # newest depth map, paired with the next colour frame
+        self._latest_depth: Any = None
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
+        self._node_error = ''  # node-level problem (e.g. TF) shown in status/diagnostics  # newest depth map, paired with the next colour frame
         self._last_frame_mono: float | None = None
         self._rejected = 0
         self._rate_mark = (time.monotonic(), 0, 0)
@@ -119,6 +122,7 @@ class Vlm3rNode(LifecycleNode):
         self._timer = self.create_timer(cfg.status_period_s, self._publish_status,
                                         callback_group=self._timer_group)
         self.engine.load_models()
+        self._setup_tf()
         self.get_logger().info(f'configured: profile {cfg.model_profile}, fusion {cfg.fusion}, '
                                f'cache {cfg.cache_mode}, input {self._input_desc()}')
         return TransitionCallbackReturn.SUCCESS
@@ -189,6 +193,9 @@ class Vlm3rNode(LifecycleNode):
         self._subs, self._servers, self._action = [], [], None
 
     def _release(self) -> None:
+        if self._tf_listener is not None:
+            self._tf_listener.unregister()
+        self._tf_buffer = self._tf_listener = None
         if self.engine is not None:
             self.engine.stop()
             self.engine.unload_models()
@@ -247,9 +254,41 @@ class Vlm3rNode(LifecycleNode):
         if k is not None:
             K = k.matrix()
         depth = self._latest_depth if self.config and self.config.depth_topic else None
+        if self._tf_buffer is not None:
+            self._pose_from_tf(msg.header.stamp)
         if engine.submit_frame(stamp_to_ns(msg.header.stamp), rgb, depth=depth, intrinsics=K):
             self.get_logger().warning('image stamps went backwards (looping bag?): '
                                       'buffer, keyframes and trajectory were reset')
+
+    def _setup_tf(self) -> None:
+        """Listen to TF for camera poses when ``tf_camera_frame`` is set and tf2 exists."""
+        cfg = self.config
+        if cfg is None or not cfg.tf_camera_frame:
+            return
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError:
+            self._node_error = (f'tf_camera_frame={cfg.tf_camera_frame!r} is set but tf2_ros '
+                                'is not installed (wheel-based install?); use pose_topic')
+            self.get_logger().error(self._node_error)
+            return
+        self._tf_buffer = Buffer()
+        self._tf_listener = TransformListener(self._tf_buffer, self)
+
+    def _pose_from_tf(self, stamp: Any) -> None:
+        """Submit the camera pose at ``stamp`` from TF; report a missing transform once."""
+        cfg = self.config
+        assert cfg is not None and self.engine is not None
+        try:
+            from rclpy.time import Time
+            transform = self._tf_buffer.lookup_transform(cfg.map_frame, cfg.tf_camera_frame,
+                                                         Time.from_msg(stamp))
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several lookup exceptions
+            self._node_error = (f'no transform {cfg.map_frame} -> {cfg.tf_camera_frame} at '
+                                f'the frame stamp: {exc}')
+            self._reject('tf', exc)
+            return
+        self.engine.submit_pose(stamp_to_ns(stamp), transform_to_matrix(transform))
 
     def _on_depth(self, msg: Image) -> None:
         assert self.config is not None
@@ -426,7 +465,7 @@ class Vlm3rNode(LifecycleNode):
         msg.model_profile = status.model_profile or cfg.model_profile
         msg.queued_requests = status.queued_requests
         msg.requests_answered = status.requests_answered
-        msg.last_error = status.last_error
+        msg.last_error = status.last_error or self._node_error
         self._status_pub.publish(msg)
         self._publish_trajectory(engine, cfg.map_frame, stamp)
         if self._diag_pub is not None:
