@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from vlm3r_ros.pipeline.answers import build_prompt, option_letter, parse_answer
-from vlm3r_ros.pipeline.coverage import CoverageIndex, Selection
+from vlm3r_ros.pipeline.coverage import CoverageIndex, Selection, uniform_select
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
 from vlm3r_ros.pipeline.poses import PoseHistory
@@ -502,7 +502,6 @@ class SpatialEngine:
                                     window_ns=window_ns)
 
     def _uniform_selection(self, budget: int, window_ns: tuple[int, int] | None) -> Selection:
-        from vlm3r_ros.pipeline.coverage import uniform_select
         records = [r for r in self._records_in(window_ns) if r.voxels is not None]
         chosen = set(uniform_select([r.frame_id for r in records], budget))
         picked = [r for r in records if r.frame_id in chosen]
@@ -515,14 +514,21 @@ class SpatialEngine:
             return self.buffer.snapshot()
         return self.buffer.snapshot(window_ns[0] or None, window_ns[1] or None)
 
-    def _keyframe_inputs(self, selection: Selection) -> tuple[list[FrameRecord], list[Any]]:
-        """Return the selected records still buffered and their visual tokens."""
-        records = [r for r in (self.buffer.get(i) for i in selection.frame_ids) if r is not None]
+    def _keyframe_inputs(self, frame_ids: Sequence[int]
+                         ) -> tuple[list[FrameRecord], list[Any], Any]:
+        """Return the records still buffered, their visual tokens and the prefix-cache key.
+
+        Streaming mode uses the tokens cached at ingest (key: the keyframe ids, so a
+        repeated keyframe set reuses the LLM's visual prefix); otherwise, or when a frame
+        has none cached, the tokens are computed now with a fresh geometry state over the
+        keyframes (the reference's per-question way; key None).
+        """
+        records = [r for r in (self.buffer.get(i) for i in frame_ids) if r is not None]
         bundle = self._bundle
         if bundle is None:
             raise RequestError(ErrorCode.MODEL_NOT_READY, 'the model was unloaded')
         if self.config.cache_mode == 'streaming' and all(r.tokens is not None for r in records):
-            return records, [r.tokens for r in records]
+            return records, [r.tokens for r in records], tuple(r.frame_id for r in records)
         # per_query (the reference's way): fresh geometry state over the keyframes only.
         stream = bundle.new_geometry_stream()
         tokens = []
@@ -530,7 +536,7 @@ class SpatialEngine:
             geom = stream.step(record.image)
             points = self._world_points(record, geom, np.asarray(geom.pose))
             tokens.append(bundle.spatial.encode_frame(record.image, geom.tokens, points))
-        return records, tokens
+        return records, tokens, None
 
     def _window(self, window_ns: tuple[int, int] | None) -> tuple[int, int] | None:
         if window_ns is None:
@@ -546,14 +552,12 @@ class SpatialEngine:
             raise RequestError(ErrorCode.NO_FRAMES,
                                f'no buffered frame has geometry {where} '
                                f'({len(self.buffer)} frames buffered)')
-        records, tokens = self._keyframe_inputs(selection)
+        records, tokens, key = self._keyframe_inputs(selection.frame_ids)
         if not records:
             raise RequestError(ErrorCode.NO_FRAMES, 'the selected keyframes were evicted')
         bundle = self._bundle
         assert bundle is not None
         prompt = build_prompt(request.question, request.options, request.answer_type)
-        key = tuple(r.frame_id for r in records) if self.config.cache_mode == 'streaming' \
-            else None
         text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens, prefix_key=key)
         parsed = parse_answer(text, request.options)
         return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
@@ -573,12 +577,7 @@ class SpatialEngine:
                    if r is not None and r.pose is not None]
         if not records:
             raise RequestError(ErrorCode.NO_FRAMES, 'no keyframe with a pose yet')
-        records, tokens = self._keyframe_inputs(Selection(
-            frame_ids=[r.frame_id for r in records], stamps_ns=[r.stamp_ns for r in records],
-            covered=selection.covered, total=selection.total, ratio=selection.ratio,
-            gains=[]))
-        key = tuple(r.frame_id for r in records) if self.config.cache_mode == 'streaming' \
-            else None
+        records, tokens, key = self._keyframe_inputs([r.frame_id for r in records])
         progress('localising_goal', 0.3)
         goal_rec = self._localise(request.goal, records, tokens, key)
         start_rec = (self._localise(request.start, records, tokens, key) if request.start
