@@ -211,3 +211,17 @@ def test_thread_safety_smoke_writer_attacher_and_readers():
     assert buf.nbytes == sum(r.nbytes() for r in buf.snapshot())
     s = buf.stats()
     assert s.added == n and s.evicted == n - len(live)
+
+
+def test_looping_bag_with_identical_stamps_resets_instead_of_dropping():
+    from vlm3r_ros.pipeline.frame_buffer import FrameBuffer
+    buf = FrameBuffer(max_frames=100, reset_threshold_s=1.0)
+    img = np.zeros((2, 2, 3), np.uint8)
+    stamps = [1_000_000_000 + i * 500_000_000 for i in range(6)]
+    for s in stamps:
+        buf.add(s, img)
+    first_again = buf.add(stamps[0], img)  # the bag starts over with the same stamps
+    assert first_again.reset and first_again.accepted and len(buf) == 1
+    for s in stamps[1:]:
+        assert buf.add(s, img).accepted
+    assert len(buf) == 6 and buf.stats().resets == 1

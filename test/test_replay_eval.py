@@ -5,14 +5,14 @@ Reading bags back is covered by test_bags.py; here the bags go through ROS.
 import json
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
-from ros_support import Collector, client_node, running_node
+from ros_support import Collector, client_node, running_node, wait_for
 from vlm3r_ros.eval.bags import (TOPIC_CAMERA_INFO, TOPIC_COMPRESSED, TOPIC_IMAGE, TOPIC_POSE,
                                  read_bag_frames, write_bag)
 from vlm3r_ros.eval.qa import load_qa
@@ -87,6 +87,48 @@ def test_select_items_and_node_parameters(tmp_path, scene_traj):
         evaluate.load_bag_dir(tmp_path / 'nothing')
 
 
+class FakeMonitor:
+    """Stands in for NodeMonitor: the node counts ``delivered`` frames, none else."""
+
+    period_s = 0.05
+
+    def __init__(self):
+        self.count = 100  # frames the node had before the replay
+
+    def ingested(self):
+        return self.count
+
+    processed = ingested
+
+    def wait(self, predicate, timeout_s, poll_s=0.01):
+        end = time.monotonic() + timeout_s
+        while not predicate(self):
+            if time.monotonic() >= end:
+                return False
+            time.sleep(poll_s)
+        return True
+
+
+def test_pacer_writes_off_lost_frames_in_ingest_mode_only():
+    monitor = FakeMonitor()
+    pacer = StatusPacer(monitor, 'ingest', window=3, timeout_s=5.0, min_stall_s=0.2,
+                        stall_periods=1.0)
+    assert pacer.start(1.0) and pacer.done() == 0
+    monitor.count += 1  # frame 1 arrives
+    assert pacer(1) and pacer(2) and pacer(3)  # window 3: nothing to wait for
+    monitor.count += 1  # one more arrives, one is lost on the way
+    started = time.monotonic()
+    assert pacer.finish(3)  # the missing frame is written off once it is overdue
+    assert 0.15 <= time.monotonic() - started < 2.0
+    assert pacer.lost == 1 and pacer.timeouts == 0 and pacer.done() == 3
+    geometry = StatusPacer(FakeMonitor(), 'geometry', window=1, timeout_s=0.2,
+                           max_timeouts=2)
+    assert geometry.start(1.0)
+    assert not geometry(1) and not geometry(2)  # a slow encoder is not a loss
+    assert geometry.lost == 0 and geometry.timeouts == 2 and not geometry.enabled
+    assert not geometry(3) and geometry.timeouts == 2  # switched off: no more waiting
+
+
 # ------------------------------------------------------------------ replay into the node
 @pytest.mark.parametrize('storage, compressed', [
     ('sqlite3', False), ('mcap', True), ('sqlite3', True), ('mcap', False)])
@@ -120,15 +162,23 @@ def test_replay_delivers_every_frame(tmp_path, scene_traj, storage, compressed):
             # Raw: the rendered pixels; compressed: the node decodes the bag's JPEG bytes
             # with the same codec as read_bag_frames, so equality is exact either way.
             assert np.array_equal(record.image, image)
-        # Every frame but the first has a K: topics are not ordered against each other
-        # on the node's side, so the very first image may be taken before the first
-        # camera_info even though the replay publishes camera_info first.
-        for record in records[1:]:
-            assert record.intrinsics is not None and np.allclose(record.intrinsics, K)
+        # camera_info arrives and applies. (Not necessarily to the first frames: the node
+        # does not order topics against each other, so an image may be taken before the
+        # camera_info published just ahead of it.)
+        assert np.allclose(node._intrinsics.matrix(), K)
+        assert records[-1].intrinsics is not None and np.allclose(records[-1].intrinsics, K)
         assert len(node.engine.poses) == 10
 
 
-def test_replay_cli_loops_and_publishes_clock(tmp_path, scene_traj):
+def replay_cli(bag, ns, *extra):
+    return subprocess.run(
+        [sys.executable, '-m', 'vlm3r_ros.tools.replay', str(bag), '--rate', '0',
+         '--paced', '--node', f'{ns}/vlm3r_node',
+         '--remap', f'{TOPIC_IMAGE}:={ns}/camera/image_raw', *extra],
+        capture_output=True, text=True, timeout=60)
+
+
+def test_replay_cli_paced_with_clock(tmp_path, scene_traj):
     res = make_bag(tmp_path, scene_traj)
     bag_stamps = {m.stamp_ns for m in read_messages(res.bag_path)}
     with running_node(model_profile='none') as (node, ns), client_node() as client:
@@ -136,19 +186,29 @@ def test_replay_cli_loops_and_publishes_clock(tmp_path, scene_traj):
                           QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
         statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
         statuses.wait()
-        proc = subprocess.run(
-            [sys.executable, '-m', 'vlm3r_ros.tools.replay', str(res.bag_path), '--rate', '0',
-             '--paced', '--node', f'{ns}/vlm3r_node', '--loop', '2', '--clock',
-             '--remap', f'{TOPIC_IMAGE}:={ns}/camera/image_raw'],
-            capture_output=True, text=True, timeout=60)
+        proc = replay_cli(res.bag_path, ns, '--clock')
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert 'published 30 messages (10 frames) in 1 loop(s)' in proc.stdout, proc.stdout
+        assert 'timeout' not in proc.stdout
+        status = statuses.wait(lambda m: m.frames_received >= 10)
+        assert status.frames_received == 10 and status.buffer_length == 10
+        # One /clock message per bag message, carrying its log time.
+        assert wait_for(lambda: len(clock.messages) >= 30)
+        assert {stamp_to_ns(m.clock) for m in clock.messages} == bag_stamps
+
+
+def test_replay_cli_loop_resets_the_buffer(tmp_path, scene_traj):
+    res = make_bag(tmp_path, scene_traj)
+    with running_node(model_profile='none') as (node, ns), client_node() as client:
+        statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
+        statuses.wait()
+        proc = replay_cli(res.bag_path, ns, '--loop', '2')
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert 'published 60 messages (20 frames) in 2 loop(s)' in proc.stdout, proc.stdout
         status = statuses.wait(lambda m: m.frames_received >= 20)
         assert status.frames_received == 20 and status.frames_rejected == 0
-        # The second loop's stamps jump back: the node reset its buffer once.
+        # The second loop's stamps jump back by the bag's length: one buffer reset.
         assert status.buffer_resets == 1 and status.buffer_length == 10
-        got = {stamp_to_ns(m.clock) for m in clock.messages}
-        assert got == bag_stamps
 
 
 def test_replay_cli_rejects_a_missing_bag(tmp_path):

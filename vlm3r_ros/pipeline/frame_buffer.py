@@ -199,11 +199,14 @@ class FrameBuffer:
         gone: list[FrameRecord] = []
         reset = False
         with self._lock:
+            # The backward jump is checked first: a looping bag repeats its stamps exactly,
+            # and its first frame must reset the buffer, not be dropped as a duplicate.
+            jumped_back = bool(self._stamps) and self._stamps[-1] - stamp_ns > self._reset_ns
             existing = self._by_stamp.get(stamp_ns)
-            if existing is not None:
+            if existing is not None and not jumped_back:
                 self._dropped += 1
                 return AddResult(existing, [], False, accepted=False)
-            if self._stamps and self._stamps[-1] - stamp_ns > self._reset_ns:
+            if jumped_back:
                 reset = True
                 self._resets += 1
                 gone = [self._by_stamp[s] for s in self._stamps]

@@ -73,15 +73,14 @@ def _short(text: str, width: int) -> str:
 def print_answer(index: int, answer: Answer, total: int) -> None:
     """Print one question with the model's answer beside the ground truth."""
     item = answer.item
-    if answer.error_code == 0:
-        got = _short(repr(answer.answer), 28)
-    else:
-        got = f'[{answer.error_name}]'
+    # repr() keeps an untrained model's control characters off the terminal.
+    got = _short(repr(answer.answer), 24) if answer.error_code == 0 \
+        else f'[{answer.error_name}]'
     truth = str(item.answer)
     if item.answer_type == 'option':
-        truth += f' ({_short(item.answer_text, 22)})'
-    print(f'{index + 1:>3}/{total} {_short(item.task, 27):<27} {_short(item.question, 58):<58} '
-          f'model: {got:<30} truth: {truth}', flush=True)
+        truth += f' ({_short(item.answer_text, 20)})'
+    print(f'{index + 1:>3}/{total} {_short(item.task, 27):<27} {_short(item.question, 44):<44} '
+          f'model: {got:<24}  truth: {truth}', flush=True)
 
 
 def route_goal(info: BagInfo) -> tuple[str, np.ndarray | None]:

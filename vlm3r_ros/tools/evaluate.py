@@ -1,6 +1,6 @@
 """vlm3r-eval: score a vlm3r_node on a bag's ground-truth questions (VSI-Bench rules).
 
-    vlm3r-eval BAG_DIR [--node /vlm3r_node] [--launch] [--profile tiny] [--rate 0]
+    vlm3r-eval BAG_DIR [--node /vlm3r_node] [--launch] [--profile tiny] [--rate 0] [--pace auto]
                [--out DIR] [--tasks T ...] [--limit N] [--param NAME:=VALUE ...]
 
 BAG_DIR is what :func:`vlm3r_ros.eval.bags.write_bag` writes: ``bag/`` and ``qa.json``.
@@ -38,12 +38,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 from vlm3r_ros.eval.qa import ALL_TASKS, QAItem, load_qa
 from vlm3r_ros.eval.scoring import ItemScore, Report, plot_bar_chart, score_items
+from vlm3r_ros.pipeline.engine import ModelState
 from vlm3r_ros.pipeline.errors import ErrorCode
 
 EXIT_OK, EXIT_SETUP, EXIT_UNANSWERED = 0, 1, 2
 NO_RESPONSE = 'NO_RESPONSE'  # client-side: the service never answered
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-MODEL_STATES = {0: 'NOT_CONFIGURED', 1: 'LOADING', 2: 'READY', 3: 'ERROR', 4: 'UNLOADED'}
+# Ingest pacing keeps at most this many frames, and this many bytes, in flight: on one
+# machine (Fast DDS shared memory) a best-effort subscriber lost frames of bursts above
+# about 0.5 MB (three 320x240 rgb8 frames), and the node's queue holds qos_depth (5).
+INGEST_WINDOW, IN_FLIGHT_BYTES = 4, 480_000
 POSE_TYPES = {'geometry_msgs/msg/PoseStamped': 'pose_stamped',
               'nav_msgs/msg/Odometry': 'odometry'}
 
@@ -320,13 +324,15 @@ class Answer:
 
 @dataclass
 class ReplayStats:
-    """What the replay did: messages and frames published, pacing mode and timeouts,
-    frames the node took (received and geometry) and the seconds it all took."""
+    """What the replay did: messages and frames published, pacing mode, timeouts and
+    frames lost on the way (never counted by the node), frames the node took (received
+    and with geometry) and the seconds it all took."""
 
     messages: int = 0
     frames: int = 0
     pace: str = 'none'
     pace_timeouts: int = 0
+    lost: int = 0
     frames_received: int = 0
     geometry_frames: int | None = None
     settled: bool = False
@@ -362,6 +368,8 @@ class NodeSession:
         self._thread: threading.Thread | None = None
         self.node: Any = None
         self.monitor: Any = None
+        self._query: Any = None
+        self._plan: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> 'NodeSession':
@@ -375,7 +383,7 @@ class NodeSession:
                 self.launched.start()
                 self.log(f'launched {self.node_name} (log: {self.launched.log_path})')
             self._context = rclpy.Context()
-            rclpy.init(context=self._context)
+            rclpy.init(args=[], context=self._context)  # argv FROM:=TO are not remaps
             self.node = rclpy.create_node(f'vlm3r_eval_{os.getpid()}', context=self._context)
             self._executor = SingleThreadedExecutor(context=self._context)
             self._executor.add_node(self.node)
@@ -392,7 +400,11 @@ class NodeSession:
 
     def __exit__(self, *exc: Any) -> None:
         if self._executor is not None:
+            # Join the spinner before destroying what it waits on: a thread still inside
+            # rcl's wait when the interpreter exits aborts the process.
             self._executor.shutdown(timeout_sec=1.0)
+            if self._thread is not None:
+                self._thread.join(2.0)
             self._executor = None
         if self.node is not None:
             self.node.destroy_node()
@@ -427,11 +439,11 @@ class NodeSession:
                                  'this ROS_DOMAIN_ID?)')
         if not self._wait(lambda: self.monitor.status is not None, timeout):
             raise EvalSetupError(f'no status on {self.node_name}/status after {timeout:g} s')
-        loading = (1, 4)  # LOADING, UNLOADED (activate reloads)
+        loading = (ModelState.LOADING, ModelState.UNLOADED)  # UNLOADED: activate reloads
         if not self._wait(lambda: self.monitor.status.model_state not in loading, timeout):
             self.log(f'warning: the model is still loading after {timeout:g} s')
         status = self.monitor.status
-        state = MODEL_STATES.get(int(status.model_state), str(status.model_state))
+        state = self.model_state
         detail = f' ({status.last_error})' if state == 'ERROR' and status.last_error else ''
         self.log(f'node {self.node_name}: model {status.model_profile or "-"} {state}{detail}')
 
@@ -439,46 +451,80 @@ class NodeSession:
     def model_state(self) -> str:
         """Return the node's model state name from its latest status."""
         status = self.monitor.status
-        return MODEL_STATES.get(int(status.model_state), '?') if status is not None else '?'
+        if status is None:
+            return '?'
+        try:
+            return ModelState(int(status.model_state)).name  # values equal SceneStatus's
+        except ValueError:
+            return str(status.model_state)
 
     # ------------------------------------------------------------------ replay
+    def choose_pace(self, pace: str = 'auto') -> str:
+        """Return the pacing mode for ``pace`` 'auto' (other values are returned as given).
+
+        Geometry pacing sends one frame per status update, so every frame gets geometry
+        (deterministic results) but the node's status period bounds the speed: 'auto'
+        picks it when the model is ready and statuses come at least every 0.25 s (a
+        launched node publishes every 0.1 s), and ingest pacing otherwise.
+        """
+        if pace != 'auto':
+            return pace
+        if self.model_state != 'READY':
+            return 'ingest'
+        self.monitor.wait(lambda m: m.period_s is not None, 5.0)
+        period = self.monitor.period_s
+        if period is not None and period <= 0.25:
+            return 'geometry'
+        self.log(f'note: {self.node_name} publishes its status every {period or 0:.2f} s, '
+                 'so the replay paces on ingest; the geometry encoder may skip frames '
+                 '(--pace geometry gives every frame geometry, one frame per status)')
+        return 'ingest'
+
     def replay(self, info: BagInfo, rate: float = 0.0, remaps: dict[str, str] | None = None,
                pace: str = 'auto', settle_timeout_s: float = 120.0) -> ReplayStats:
         """Replay ``info``'s bag into the node, paced, then wait until geometry settles.
 
-        ``pace`` 'auto' paces on geometry when the model is ready (every frame gets
-        geometry, deterministically) and on ingest otherwise; 'none' does not pace.
-        Topics are remapped into the session's namespace, then by ``remaps``.
+        ``pace``: 'geometry' (each frame waits until the encoder processed the previous
+        one), 'ingest' (a few frames in flight, counted as received), 'none', or 'auto'
+        (:meth:`choose_pace`). Topics are remapped into the session's namespace, then by
+        ``remaps``. Raises EvalSetupError when a launched node dies.
         """
-        from vlm3r_ros.tools.replay import Replayer, StatusPacer
+        from vlm3r_ros.tools.replay import Replayer, StatusPacer, colour_frame_bytes
         ns = self.namespace.rstrip('/')
         mapping = {t: ns + t for t in info.types} if ns else {}
         mapping.update(remaps or {})
-        if pace == 'auto':
-            pace = 'geometry' if self.model_state == 'READY' else 'ingest'
+        pace = self.choose_pace(pace)
         pacer = None
         if pace != 'none':
             # Geometry: one frame at a time, so the encoder never skips one. Ingest: a few
-            # frames in flight fit the node's subscription queue (qos_depth, default 5).
-            pacer = StatusPacer(self.monitor, pace, window=1 if pace == 'geometry' else 3,
-                                timeout_s=30.0)
-            pacer.start(10.0)
+            # frames in flight, within what a best-effort subscription takes without loss.
+            window = 1 if pace == 'geometry' else max(1, min(
+                INGEST_WINDOW, IN_FLIGHT_BYTES // max(1, colour_frame_bytes(info.bag_path))))
+            pacer = StatusPacer(self.monitor, pace, window=window, timeout_s=30.0)
+            if not pacer.start(10.0):
+                self.log(f'warning: {self.node_name} reports no {pace} counter; '
+                         'replaying unpaced')
         ingest0 = self.monitor.ingested() or 0
         geometry0 = self.monitor.geometry_frames
         player = Replayer(self.node, info.bag_path, rate=rate, remaps=mapping,
                           wait_ingested=pacer)
-        subscribed = [info.image_topic] + [t for t in (info.camera_info_topic, info.depth_topic,
-                                                       info.pose_topic) if t]
-        if not player.wait_for_subscribers(10.0, subscribed):
-            self.log('warning: not every replayed topic has a subscriber; publishing anyway')
+        if not player.wait_for_subscribers(10.0, [info.image_topic]):
+            self.log(f'warning: nothing subscribes to {player.output_topic(info.image_topic)};'
+                     ' publishing anyway')
+        others = [t for t in (info.camera_info_topic, info.depth_topic, info.pose_topic) if t]
+        unheard = [player.output_topic(t) for t in others
+                   if not player.wait_for_subscribers(1.0, [t], grace_s=0.0)]
+        if unheard:
+            self.log(f'note: nothing subscribes to {", ".join(unheard)} (published anyway)')
         started = time.monotonic()
         player.play()
         stats = ReplayStats(messages=player.published, frames=player.frames, pace=pace,
                             pace_timeouts=pacer.timeouts if pacer else 0,
+                            lost=pacer.lost if pacer else 0,
                             replay_s=time.monotonic() - started)
         started = time.monotonic()
-        stats.settled = self.settle(ingest0 + player.frames, geometry0, player.frames,
-                                    settle_timeout_s)
+        stats.settled = self.settle(ingest0 + player.frames - stats.lost, geometry0,
+                                    player.frames, settle_timeout_s)
         stats.settle_s = time.monotonic() - started
         stats.frames_received = (self.monitor.ingested() or 0) - ingest0
         if self.monitor.geometry_frames is not None:
@@ -489,38 +535,38 @@ class NodeSession:
                timeout_s: float = 120.0, quiet_s: float = 3.0) -> bool:
         """Wait until the node took every frame and its geometry stopped changing.
 
-        Done when it received ``ingest_target`` frames (received + rejected) and, with a
-        ready model, either processed all ``frames`` since ``geometry0`` and then two
-        status periods passed without change, or nothing changed for ``quiet_s``
-        (frames skipped by the encoder's latest-frame-wins queue never get geometry).
-        Returns False on timeout.
+        Done when the node counted ``ingest_target`` frames (received + rejected) and,
+        with a ready model, processed all ``frames`` since ``geometry0``, and its counters
+        then held for about two status periods; or when nothing changed for ``quiet_s``
+        (at least three status periods): frames lost on the way never arrive and frames
+        skipped by the encoder's latest-frame-wins queue never get geometry. Returns
+        False on timeout.
         """
         monitor = self.monitor
+        quiet_s = max(quiet_s, 3.0 * (monitor.period_s or 0.0))
         end = time.monotonic() + timeout_s
-        if not self._wait(lambda: (monitor.ingested() or 0) >= ingest_target,
-                          max(0.0, end - time.monotonic())):
-            return False
-        if self.model_state != 'READY':
-            return True
         last: tuple[Any, ...] | None = None
-        changed = time.monotonic()
-        stable_updates = 0
+        changed, stable = time.monotonic(), 0
         while time.monotonic() < end:
-            seen = monitor.updates
-            monitor.wait(lambda m: m.updates > seen, 1.0)
-            self._check_alive()
             status = monitor.status
-            key = (monitor.geometry_frames, status.keyframe_count, status.voxels_observed,
-                   status.buffer_length)
+            ingested = monitor.ingested() or 0
+            key = (ingested, monitor.geometry_frames, status.keyframe_count,
+                   status.voxels_observed, status.buffer_length)
             if key != last:
-                last, changed, stable_updates = key, time.monotonic(), 0
-                continue
-            stable_updates += 1
+                last, changed, stable = key, time.monotonic(), 0
+            else:
+                stable += 1
+            arrived = ingested >= ingest_target
+            if arrived and self.model_state != 'READY':
+                return True
             processed = (monitor.geometry_frames or 0) - (geometry0 or 0)
-            if processed >= frames and stable_updates >= 4:
+            if arrived and processed >= frames and stable >= 4:  # status + diagnostics x2
                 return True
             if time.monotonic() - changed >= quiet_s:
                 return True
+            seen = monitor.updates
+            monitor.wait(lambda m: m.updates > seen, 1.0)
+            self._check_alive()
         return False
 
     # ------------------------------------------------------------------ services
@@ -599,7 +645,7 @@ def score_answers(answers: Sequence[Answer]) -> Report:
 
 def evaluate(session: NodeSession, info: BagInfo, items: Sequence[QAItem], *,
              rate: float = 0.0, budget: int = 0, timeout_s: float = 120.0,
-             remaps: dict[str, str] | None = None,
+             remaps: dict[str, str] | None = None, pace: str = 'auto',
              on_answer: Callable[[int, Answer], None] | None = None) -> EvalResult:
     """Replay ``info``'s bag into the session's node, ask ``items`` and score them.
 
@@ -611,10 +657,12 @@ def evaluate(session: NodeSession, info: BagInfo, items: Sequence[QAItem], *,
     log = session.log
     log(f'replaying {info.bag_path} ({info.num_frames or "?"} frames, {info.transport}) '
         f'into {session.node_name} ...')
-    stats = session.replay(info, rate=rate, remaps=remaps)
+    stats = session.replay(info, rate=rate, remaps=remaps, pace=pace)
     geometry = '' if stats.geometry_frames is None else f', {stats.geometry_frames} with geometry'
-    log(f'replayed {stats.frames} frames in {stats.replay_s:.1f} s (paced on {stats.pace}'
-        f'{f", {stats.pace_timeouts} timeouts" if stats.pace_timeouts else ""}); node has '
+    trouble = ''.join([f', {stats.pace_timeouts} pacing timeouts' if stats.pace_timeouts
+                       else '', f', {stats.lost} frames lost on the way' if stats.lost else ''])
+    log(f'replayed {stats.frames} frames in {stats.replay_s:.1f} s + {stats.settle_s:.1f} s '
+        f'to settle (paced on {stats.pace}{trouble}); node has '
         f'{session.monitor.status.buffer_length} buffered{geometry}, '
         f'{session.monitor.status.keyframe_count} keyframes'
         f'{"" if stats.settled else " (did not settle in time)"}')
@@ -676,6 +724,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='extra parameter for the launched node (repeatable)')
     parser.add_argument('--rate', type=float, default=0.0,
                         help='replay speed factor; 0 = as fast as pacing allows (default)')
+    parser.add_argument('--pace', default='auto', choices=('auto', 'geometry', 'ingest', 'none'),
+                        help='replay pacing: geometry (every frame gets geometry), ingest '
+                        '(every frame arrives), none; auto: geometry when the node reports '
+                        'often enough (default)')
     parser.add_argument('--remap', action='append', default=[], metavar='FROM:=TO',
                         help='publish a bag topic elsewhere (for a running node)')
     parser.add_argument('--out', type=Path, help='output directory (default BAG_DIR/eval)')
@@ -724,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with session:
             result = evaluate(session, info, items, rate=args.rate, budget=args.budget,
-                              timeout_s=args.timeout, remaps=remaps)
+                              timeout_s=args.timeout, remaps=remaps, pace=args.pace)
     except EvalSetupError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_SETUP

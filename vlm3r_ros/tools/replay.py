@@ -15,6 +15,7 @@ repeats the bag (stamps go backwards, which the node treats as a reset).
 from __future__ import annotations
 
 import argparse
+import bisect
 import importlib
 import sys
 import threading
@@ -31,7 +32,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
-from vlm3r_ros.node.ros_convert import ns_to_stamp
+from vlm3r_ros.node.ros_convert import ns_to_stamp, stamp_to_ns
 
 COLOUR_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 PACE_MODES = ('ingest', 'geometry')
@@ -75,6 +76,15 @@ def frame_ordered(messages: Iterable[BagMessage]) -> Iterator[BagMessage]:
             group = []
         group.append(msg)
     yield from sorted(group, key=lambda m: is_colour_frame(m.topic, m.msgtype))
+
+
+def colour_frame_bytes(bag: Path) -> int:
+    """Return the serialized size of the bag's first colour frame (0 when there is none)."""
+    with AnyReader([Path(bag)]) as reader:
+        conns = [c for c in reader.connections if is_colour_frame(c.topic, c.msgtype)]
+        for _conn, _stamp, raw in reader.messages(connections=conns):
+            return len(raw)
+    return 0
 
 
 def bag_summary(bag: Path) -> tuple[dict[str, str], int, int]:
@@ -123,6 +133,7 @@ class NodeMonitor:
         self.status: Any = None
         self.geometry_frames: int | None = None
         self.updates = 0
+        self.period_s: float | None = None  # between the last two statuses (header stamps)
         self._cv = threading.Condition()
         self._subs = [
             node.create_subscription(SceneStatus, f'{self.node_name}/status',
@@ -131,6 +142,9 @@ class NodeMonitor:
 
     def _on_status(self, msg: Any) -> None:
         with self._cv:
+            if self.status is not None:
+                dt = (stamp_to_ns(msg.header.stamp) - stamp_to_ns(self.status.header.stamp)) / 1e9
+                self.period_s = dt if dt > 0 else self.period_s
             self.status = msg
             self.updates += 1
             self._cv.notify_all()
@@ -156,21 +170,21 @@ class NodeMonitor:
         s, g = self.status, self.geometry_frames
         return None if s is None or g is None else g + int(s.frames_rejected)
 
-    def wait(self, predicate: Callable[['NodeMonitor'], bool], timeout_s: float) -> bool:
-        """Block until ``predicate(self)`` holds after an update; False after ``timeout_s``."""
+    def wait(self, predicate: Callable[['NodeMonitor'], bool], timeout_s: float,
+             poll_s: float = 0.2) -> bool:
+        """Block until ``predicate(self)`` holds; False after ``timeout_s``.
+
+        The predicate is checked on every update and at least every ``poll_s`` (it may
+        depend on time as well as on the node's counters).
+        """
         end = time.monotonic() + timeout_s
         with self._cv:
             while not predicate(self):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                self._cv.wait(left)
+                self._cv.wait(min(left, poll_s))
         return True
-
-    def wait_updates(self, count: int, timeout_s: float) -> bool:
-        """Block until ``count`` more status/diagnostics messages arrived."""
-        target = self.updates + count
-        return self.wait(lambda m: m.updates >= target, timeout_s)
 
 
 class StatusPacer:
@@ -182,11 +196,19 @@ class StatusPacer:
     a window of 1 in geometry mode guarantees that every frame gets geometry (a frame
     that arrives before the encoder took the previous one replaces it). Counters are
     read relative to their value at :meth:`start`, so a node that already has frames
-    works too. After ``max_timeouts`` consecutive timeouts pacing switches itself off.
+    works too.
+
+    A frame lost on the way (a best-effort subscription) is never counted. In ingest
+    mode, frames published ``stall_periods`` status periods ago (at least
+    ``min_stall_s``) that the node still has not counted are written off as ``lost``, so
+    a loss does not shrink the window for the rest of the bag; in geometry mode (where a
+    slow encoder also holds the count back) a wait ends after ``timeout_s`` and counts as
+    a timeout. After ``max_timeouts`` consecutive timeouts pacing switches itself off.
     """
 
     def __init__(self, monitor: NodeMonitor, mode: str = 'ingest', window: int = 1,
-                 timeout_s: float = 10.0, max_timeouts: int = 3) -> None:
+                 timeout_s: float = 10.0, max_timeouts: int = 3, stall_periods: float = 3.0,
+                 min_stall_s: float = 1.0) -> None:
         """Raise ValueError for an unknown mode or a window below 1."""
         if mode not in PACE_MODES:
             raise ValueError(f'pace mode must be one of {PACE_MODES}, got {mode!r}')
@@ -194,9 +216,12 @@ class StatusPacer:
             raise ValueError('window must be at least 1')
         self.monitor, self.mode, self.window = monitor, mode, window
         self.timeout_s, self.max_timeouts = timeout_s, max_timeouts
+        self.stall_periods, self.min_stall_s = stall_periods, min_stall_s
         self.base: int | None = None
         self.timeouts = 0
+        self.lost = 0
         self._streak = 0
+        self._sent_at: list[float] = []  # when frame i + 1 was published (monotonic)
         self.enabled = True
 
     def _count(self, monitor: NodeMonitor) -> int | None:
@@ -210,10 +235,19 @@ class StatusPacer:
         self.base = self._count(self.monitor)
         return True
 
-    def done(self) -> int:
-        """Return how many frames the node has taken since :meth:`start`."""
+    def counted(self) -> int:
+        """Return how many frames the node counted since :meth:`start`."""
         count = self._count(self.monitor)
         return 0 if count is None or self.base is None else count - self.base
+
+    def done(self) -> int:
+        """Return the frames the node took since :meth:`start`, lost ones included."""
+        if self.mode == 'ingest':
+            cutoff = time.monotonic() - max(
+                self.min_stall_s, self.stall_periods * (self.monitor.period_s or 1.0))
+            overdue = bisect.bisect_right(self._sent_at, cutoff)
+            self.lost = max(self.lost, overdue - self.counted())
+        return self.counted() + self.lost
 
     def _wait_done(self, target: int) -> bool:
         if not self.enabled:
@@ -230,11 +264,13 @@ class StatusPacer:
         return False
 
     def __call__(self, n: int) -> bool:
-        """Block until the node took frame ``n - window + 1``; False on timeout."""
+        """Note frame ``n`` as published now, then block until the node took frame
+        ``n - window + 1``; False when it did not."""
+        self._sent_at.append(time.monotonic())
         return self._wait_done(n - self.window + 1)
 
     def finish(self, n: int) -> bool:
-        """Block until the node took all ``n`` frames; False on timeout."""
+        """Block until the node took all ``n`` frames; False when it did not."""
         return self._wait_done(n)
 
 
@@ -373,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not any(is_colour_frame(t, m) for t, m in types.items()):
         print(f'warning: {args.bag} has no colour image topic; nothing will be paced')
-    rclpy.init(args=None)
+    rclpy.init(args=[])  # sys.argv's FROM:=TO would read as rcl remap rules
     node = rclpy.create_node('vlm3r_replay')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -395,14 +431,19 @@ def main(argv: list[str] | None = None) -> int:
             player.play(progress_bar)
         if pacer is not None and pacer.enabled:
             pacer.finish(player.frames)
-        note = f', {pacer.timeouts} pacing timeout(s)' if pacer and pacer.timeouts else ''
+        note = ''
+        if pacer is not None and (pacer.timeouts or pacer.lost):
+            note = f', {pacer.lost} frame(s) lost on the way, {pacer.timeouts} pacing timeout(s)'
         print(f'published {player.published} messages ({player.frames} frames) '
               f'in {player.loops} loop(s){note}')
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
+        # Join the spinner before destroying what it waits on: a thread still inside
+        # rcl's wait when the interpreter exits aborts the process.
         executor.shutdown(timeout_sec=1.0)
+        spinner.join(2.0)
         node.destroy_node()
         rclpy.try_shutdown()
 

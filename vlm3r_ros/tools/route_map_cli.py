@@ -69,7 +69,7 @@ def map_from_node(node_name: str, out: Path, up: tuple[float, float, float],
     from nav_msgs.msg import Path as PathMsg
     from visualization_msgs.msg import Marker, MarkerArray
     context = rclpy.Context()  # its own context: callable from a process already using ROS
-    rclpy.init(args=None, context=context)
+    rclpy.init(args=[], context=context)  # argv is argparse's
     node = rclpy.create_node('vlm3r_map', context=context)
     store: dict[str, Any] = {}
     base = node_name.rstrip('/')

@@ -28,7 +28,7 @@ def call_once(srv_type: Any, service: str, request: Any, timeout: float) -> Any 
 
     Raises TimeoutError when the service exists but does not answer in time.
     """
-    rclpy.init(args=None)
+    rclpy.init(args=[])  # our argv is argparse's, not rcl's
     node: Node = rclpy.create_node('vlm3r_cli')
     try:
         client = node.create_client(srv_type, service)
