@@ -279,7 +279,7 @@ def test_bad_depth_is_rejected(raw_rig, case):
     raw_rig.publish('depth', make_image(stamp_ns=START_NS, **fields))
     expect_rejection(raw_rig.node, raw_rig.rejected, raw_rig.log, 'depth', expected)
     raw_rig.rejected += 1
-    assert raw_rig.node._latest_depth is None
+    assert len(raw_rig.node._depths) == 0  # nothing stored from a rejected depth map
 
 
 def _pose(x=0.0, w=1.0, qx=0.0):

@@ -158,3 +158,20 @@ def test_reload_starts_a_new_world_but_keeps_frames(bundle, room):
         assert len(engine.coverage) >= 1 and len(engine.buffer) == 6
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize('decoding', ['constrained', 'generate'])
+def test_option_decoding_modes(bundle, room, decoding):
+    engine = make_engine(bundle, option_decoding=decoding)
+    try:
+        feed(engine, room[:3])
+        options = ('the sofa', 'the tv', 'the lamp')
+        res = engine.ask(QueryRequest('Which is closest to the door?', options)).result(30)
+        assert res.code == ErrorCode.OK
+        if decoding == 'constrained':
+            assert 0 <= res.option_index < 3  # always one of the options
+            assert res.answer == f'{"ABC"[res.option_index]}. {options[res.option_index]}'
+        else:
+            assert res.option_index in (-1, 0, 1, 2)  # whatever the free text names
+    finally:
+        engine.stop()

@@ -92,6 +92,9 @@ SPECS: tuple[Spec, ...] = (
     Spec('geometry_rate_hz', 5.0, 'Most geometry frames per second (latest frame wins).',
          0.1, 120.0),
     Spec('max_new_tokens', 16, 'Greedy decoding length of an answer.', 1, 512),
+    Spec('option_decoding', 'constrained', "Multiple-choice answers: constrained = the model's "
+         'likeliest option letter (always a valid option); generate = free greedy text parsed '
+         'the VSI-Bench way (the benchmark protocol).', choices=('constrained', 'generate')),
     # Requests
     Spec('request_queue_size', 4, 'Requests waiting beyond this get BUSY.', 1, 256),
     Spec('request_timeout_s', 60.0, 'A request waiting longer gets TIMEOUT.', 0.1, 3600.0),
@@ -154,6 +157,7 @@ class NodeConfig:
     cache_mode: str
     geometry_rate_hz: float
     max_new_tokens: int
+    option_decoding: str
     request_queue_size: int
     request_timeout_s: float
     max_question_chars: int
@@ -198,7 +202,8 @@ class NodeConfig:
             min_confidence=self.min_confidence, points_source=self.points_source,
             keyframe_budget=self.keyframe_budget, coverage_ratio=self.coverage_ratio,
             selection=self.keyframe_selection, cache_mode=self.cache_mode,
-            max_new_tokens=self.max_new_tokens, request_queue_size=self.request_queue_size,
+            max_new_tokens=self.max_new_tokens, option_decoding=self.option_decoding,
+            request_queue_size=self.request_queue_size,
             route_node_spacing_m=self.route_node_spacing_m,
             route_link_radius_m=self.route_link_radius_m,
             route_turn_threshold_deg=self.route_turn_threshold_deg,

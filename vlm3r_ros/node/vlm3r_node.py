@@ -43,6 +43,7 @@ from vlm3r_ros.node.ros_convert import (
     stamp_to_ns, transform_to_matrix)
 from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
+from vlm3r_ros.pipeline.poses import NearestStampBuffer
 from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
                                          validate_route)
 from vlm3r_ros.srv import PlanRoute, SpatialQuery
@@ -80,7 +81,8 @@ class Vlm3rNode(LifecycleNode):
         self._trajectory_len = -1
         self._timer = None
         self._intrinsics = None
-        self._latest_depth: Any = None
+        # Depth maps by stamp, paired with the colour frame of the nearest stamp (50 ms).
+        self._depths: NearestStampBuffer[Any] = NearestStampBuffer(50_000_000, max_items=8)
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
         self._node_error = ''  # node-level problem (e.g. TF) shown in status/diagnostics  # newest depth map, paired with the next colour frame
@@ -253,10 +255,11 @@ class Vlm3rNode(LifecycleNode):
             k = None  # calibration for another resolution: unusable for this frame
         if k is not None:
             K = k.matrix()
-        depth = self._latest_depth if self.config and self.config.depth_topic else None
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        depth = self._depths.lookup(stamp_ns)
         if self._tf_buffer is not None:
             self._pose_from_tf(msg.header.stamp)
-        if engine.submit_frame(stamp_to_ns(msg.header.stamp), rgb, depth=depth, intrinsics=K):
+        if engine.submit_frame(stamp_ns, rgb, depth=depth, intrinsics=K):
             self.get_logger().warning('image stamps went backwards (looping bag?): '
                                       'buffer, keyframes and trajectory were reset')
 
@@ -293,7 +296,8 @@ class Vlm3rNode(LifecycleNode):
     def _on_depth(self, msg: Image) -> None:
         assert self.config is not None
         try:
-            self._latest_depth = depth_to_array(msg, self.config.depth_scale)
+            self._depths.add(stamp_to_ns(msg.header.stamp),
+                             depth_to_array(msg, self.config.depth_scale))
         except ImageDecodeError as exc:
             self._reject('depth', exc)
 

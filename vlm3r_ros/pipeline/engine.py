@@ -26,7 +26,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from vlm3r_ros.pipeline.answers import build_prompt, option_letter, parse_answer
+from vlm3r_ros.pipeline.answers import (build_prompt, option_letter, parse_answer,
+                                         strip_option_label)
 from vlm3r_ros.pipeline.coverage import CoverageIndex, Selection, uniform_select
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
@@ -103,6 +104,7 @@ class EngineConfig:
     selection: str = 'coverage'  # 'coverage' or 'uniform'
     cache_mode: str = 'streaming'  # 'streaming' or 'per_query'
     max_new_tokens: int = 16
+    option_decoding: str = 'constrained'  # 'constrained' (likeliest letter) or 'generate'
     request_queue_size: int = 4
     route_node_spacing_m: float = 0.25
     route_link_radius_m: float = 0.6
@@ -558,7 +560,15 @@ class SpatialEngine:
         bundle = self._bundle
         assert bundle is not None
         prompt = build_prompt(request.question, request.options, request.answer_type)
-        text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens, prefix_key=key)
+        if request.options and self.config.option_decoding == 'constrained':
+            # The model's likeliest option letter: always a valid option (an operator gets
+            # an answer, not free text that names none); 'generate' is VSI-Bench's protocol.
+            index, _ = bundle.spatial.choose(prompt, tokens, len(request.options),
+                                             prefix_key=key)
+            text = f'{option_letter(index)}. {strip_option_label(request.options[index])}'
+        else:
+            text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens,
+                                         prefix_key=key)
         parsed = parse_answer(text, request.options)
         return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
                            [r.stamp_ns for r in records], selection.ratio)
