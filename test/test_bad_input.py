@@ -440,7 +440,7 @@ COMPRESSED_CASES = {
                             'could not be decoded'),
     'JPEG declaring 0x0': (jpeg_with_size(0, 0), 'zero size (0x0)'),
     'truncated PNG': (encode_compressed(synthetic_frame(3), 'png')[:200],
-                      'compressed image (png) could not be decoded'),
+                      'PNG data is truncated'),
     '16k-wide JPEG': (encode_compressed(np.zeros((8, 16384, 3), np.uint8)),
                       'image 16384x8 exceeds the limit'),
     'PNG declaring 16k x 16k': (png_declaring(16384, 16384, rows=2),
