@@ -125,13 +125,13 @@ def synthetic_frame(i: int, width: int = 64, height: int = 48) -> np.ndarray:
 
 def publish_frames(node: Node, topic: str, count: int, start_ns: int = 1_000_000_000,
                    period_ns: int = 100_000_000, width: int = 64, height: int = 48,
-                   pause_s: float = 0.01, expect_subscriber: bool = True) -> None:
+                   pause_s: float = 0.01, expect_subscriber: bool = True,
+                   qos: Any = qos_profile_sensor_data) -> None:
     """Publish ``count`` raw rgb8 frames with increasing stamps (sensor-data QoS).
 
     With ``expect_subscriber`` (default) fail unless someone subscribes to ``topic``.
     """
-    pub = node.create_publisher(Image, topic,
-                                qos_profile_sensor_data)
+    pub = node.create_publisher(Image, topic, qos)
     matched = wait_for(lambda: pub.get_subscription_count() > 0,
                        10.0 if expect_subscriber else 0.5)
     assert matched or not expect_subscriber, f'nobody subscribes {topic}'

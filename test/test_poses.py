@@ -10,7 +10,7 @@ def test_nearest_within_tolerance_and_bounded():
     for stamp in (100, 130, 160, 190):
         buf.add(stamp, stamp)
     assert len(buf) == 3 and buf.lookup(100) is None  # oldest evicted
-    assert buf.lookup(135) == 130 and buf.lookup(146) == 160 and buf.lookup(175) is None
+    assert buf.lookup(135) == 130 and buf.lookup(152) == 160 and buf.lookup(175) is None
     buf.add(160, 'replaced')
     assert buf.lookup(160) == 'replaced' and len(buf) == 3
 

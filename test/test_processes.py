@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from ros_support import client_node, publish_frames, wait_for
 from vlm3r_ros.msg import SceneStatus
@@ -36,12 +37,14 @@ def stop(proc: subprocess.Popen, sig: int) -> tuple[float, str]:
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_node_process_serves_cli_and_shuts_down_fast(sig):
     ns = f'/proc{os.getpid()}_{int(sig)}'
-    proc = start_node(ns, 'model_profile:=none')
+    # Reliable on both sides: an exact frame count across processes on a loaded machine.
+    proc = start_node(ns, 'model_profile:=none', 'qos_reliability:=reliable')
     try:
         with client_node() as client:
             statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
             statuses.wait(timeout=20)
-            publish_frames(client, f'{ns}/camera/image_raw', 5)
+            publish_frames(client, f'{ns}/camera/image_raw', 5,
+                           qos=QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
             statuses.wait(lambda m: m.frames_received == 5)
         cli = subprocess.run(
             [sys.executable, '-m', 'vlm3r_ros.tools.ask', 'How many chairs?', '--json',
