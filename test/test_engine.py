@@ -175,3 +175,14 @@ def test_option_decoding_modes(bundle, room, decoding):
             assert res.option_index in (-1, 0, 1, 2)  # whatever the free text names
     finally:
         engine.stop()
+
+
+def test_goal_not_localised_clearly_enough_is_goal_not_found(bundle, room):
+    engine = make_engine(bundle, up_axis=(0.0, 0.0, 1.0), route_min_goal_probability=0.99)
+    try:
+        feed(engine, room[:6])
+        res = engine.plan(RouteRequest('the door')).result(60)
+        assert res.code == ErrorCode.GOAL_NOT_FOUND
+        assert 'route_min_goal_probability' in res.message and not res.positions
+    finally:
+        engine.stop()

@@ -100,6 +100,8 @@ SPECS: tuple[Spec, ...] = (
     Spec('request_timeout_s', 60.0, 'A request waiting longer gets TIMEOUT.', 0.1, 3600.0),
     Spec('max_question_chars', 2000, 'Longest accepted question.', 1, 100000),
     Spec('route_max_keyframes', 16, 'Keyframes offered to the model to localise a goal.', 1, 26),
+    Spec('route_min_goal_probability', 0.0, "GOAL_NOT_FOUND when the model's probability for "
+         'its best keyframe is below this (0: always take the best).', 0.0, 1.0),
     Spec('route_node_spacing_m', 0.25, 'Trajectory graph node spacing (m).', 0.01, 10.0),
     Spec('route_link_radius_m', 0.6, 'Link revisited places closer than this (m; 0: off).',
          0.0, 10.0),
@@ -162,6 +164,7 @@ class NodeConfig:
     request_timeout_s: float
     max_question_chars: int
     route_max_keyframes: int
+    route_min_goal_probability: float
     route_node_spacing_m: float
     route_link_radius_m: float
     route_turn_threshold_deg: float
@@ -207,7 +210,8 @@ class NodeConfig:
             route_node_spacing_m=self.route_node_spacing_m,
             route_link_radius_m=self.route_link_radius_m,
             route_turn_threshold_deg=self.route_turn_threshold_deg,
-            route_max_keyframes=self.route_max_keyframes, up_axis=self.up_vector())
+            route_max_keyframes=self.route_max_keyframes,
+            route_min_goal_probability=self.route_min_goal_probability, up_axis=self.up_vector())
 
 
 def descriptor(spec: Spec) -> ParameterDescriptor:

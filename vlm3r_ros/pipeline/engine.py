@@ -34,7 +34,7 @@ from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
 from vlm3r_ros.pipeline.poses import PoseHistory
 from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
-from vlm3r_ros.planning.route_steps import parse_route_steps, steps_from_path
+from vlm3r_ros.planning.route_steps import parse_route_steps, steps_agree, steps_from_path
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
 
 LOG = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class EngineConfig:
     route_link_radius_m: float = 0.6
     route_turn_threshold_deg: float = 45.0
     route_max_keyframes: int = 16
+    route_min_goal_probability: float = 0.0
     pose_tolerance_s: float = 0.1
     up_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
 
@@ -611,8 +612,12 @@ class SpatialEngine:
                   f'You want to navigate to {request.goal}. Describe the actions: turn left, '
                   'turn right, turn back or go forward until a landmark.')
         model_text = bundle.spatial.answer(prompt, tokens, 48, prefix_key=key)
-        return RouteResult(ErrorCode.OK, f'route to {request.goal}: {path.length_m:.2f} m',
-                           steps, parse_route_steps(model_text),
+        model_steps = parse_route_steps(model_text)
+        agreement = steps_agree(steps, model_steps)
+        return RouteResult(ErrorCode.OK,
+                           f'route to {request.goal}: {path.length_m:.2f} m; the model\'s own '
+                           f'steps agree with the path\'s turns: {agreement.score:.2f}',
+                           steps, model_steps,
                            [tuple(float(v) for v in p) for p in path.positions],
                            orientations, goal_rec.stamp_ns,
                            float(path.length_m))
@@ -634,6 +639,12 @@ class SpatialEngine:
         if not 0 <= index < len(records):
             raise RequestError(ErrorCode.GOAL_NOT_FOUND,
                                f'the model named no keyframe for {what!r}')
+        if probs[index] < self.config.route_min_goal_probability:
+            raise RequestError(
+                ErrorCode.GOAL_NOT_FOUND,
+                f'no keyframe shows {what!r} clearly enough: best is keyframe {index + 1} of '
+                f'{len(records)} with p={probs[index]:.2f} < route_min_goal_probability='
+                f'{self.config.route_min_goal_probability:g}')
         LOG.info('localised %r in keyframe %s (p=%.2f)', what, option_letter(index),
                  probs[index])
         return records[index]
