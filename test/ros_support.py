@@ -144,5 +144,14 @@ def publish_frames(node: Node, topic: str, count: int, start_ns: int = 1_000_000
     node.destroy_publisher(pub)
 
 
-__all__ = ['Collector', 'call', 'client_node', 'ensure_rclpy', 'ns_to_stamp',
+def rss_mb() -> float:
+    """Return this process's resident set size in MiB (the node runs in-process)."""
+    with open('/proc/self/status', encoding='ascii') as status:
+        for line in status:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError('VmRSS not found')
+
+
+__all__ = ['rss_mb', 'Collector', 'call', 'client_node', 'ensure_rclpy', 'ns_to_stamp',
            'publish_frames', 'running_node', 'synthetic_frame', 'wait_for']

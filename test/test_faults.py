@@ -14,7 +14,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import Log
 from rclpy.qos import qos_profile_rosout_default
 
-from ros_support import Collector, client_node, publish_frames, running_node, wait_for
+from ros_support import (Collector, client_node, publish_frames, rss_mb, running_node,
+                         wait_for)
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import stamp_to_ns
 from vlm3r_ros.srv import SpatialQuery
@@ -48,15 +49,6 @@ def newer(collector: Collector, predicate: Callable[[Any], bool], timeout: float
 
     assert wait_for(check, timeout), 'no matching message'
     return found[0]
-
-
-def rss_mb() -> float:
-    """Return this process's resident set size in MiB (the node runs in-process)."""
-    with open('/proc/self/status', encoding='ascii') as status:
-        for line in status:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError('VmRSS not found')
 
 
 def camera_status(msg: DiagnosticArray, ns: str) -> DiagnosticStatus | None:

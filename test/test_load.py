@@ -22,7 +22,8 @@ import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from ros_support import Collector, client_node, running_node, synthetic_frame, wait_for
+from ros_support import (Collector, client_node, rss_mb, running_node, synthetic_frame,
+                         wait_for)
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import ns_to_stamp, rgb_to_image
 from vlm3r_ros.pipeline.errors import ErrorCode
@@ -41,15 +42,6 @@ QUESTIONS = (
          keyframe_budget=8),
     dict(question='What is the colour of the sofa?', answer_type='text'),
 )
-
-
-def rss_mb() -> float:
-    """Return this process's resident set size in MiB (the node runs in-process)."""
-    with open('/proc/self/status', encoding='ascii') as status:
-        for line in status:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError('VmRSS not found')
 
 
 def percentile(values: list[float], q: float) -> float:
