@@ -47,6 +47,34 @@ def machine() -> str:
             f'torch {torch.__version__}, {platform.system()} {platform.release()}')
 
 
+def load_test_section() -> str:
+    """Return the last load test's figures (``out/load_test.json``) as Markdown, or ''.
+
+    The load test runs in the test suite (``test/test_load.py``: a 30 Hz 640x480 stream
+    while 8 clients ask questions); its measurements are reported here, not asserted.
+    """
+    import json
+    path = ROOT / 'out' / 'load_test.json'
+    if not path.exists():
+        return ''
+    d = json.loads(path.read_text())
+    when = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime('%Y-%m-%d %H:%M')
+    codes = ', '.join(f'{k} {v}' for k, v in d['codes'].items())
+    return '\n'.join([
+        '## Load test (from the last `make test`, test/test_load.py)', '',
+        f'Measured {when} on: {d["device"]}.', '',
+        '| measure | value |', '|---|---|',
+        f'| stream | {d["stream"]["rate_hz"]:g} Hz {d["stream"]["width"]}x'
+        f'{d["stream"]["height"]} {d["stream"]["encoding"]} for {d["stream"]["seconds"]:.1f} s |',
+        f'| frames published / received | {d["frames_published"]} / {d["frames_received"]} '
+        f'(drop {100 * d["ingest_drop_rate"]:.1f} %) |',
+        f'| concurrent clients / calls | {d["clients"]} / {d["calls"]} ({codes}) |',
+        f'| OK latency p50 / p95 / max | {d["latency_ok_s"]["p50"]:.3f} / '
+        f'{d["latency_ok_s"]["p95"]:.3f} / {d["latency_ok_s"]["max"]:.3f} s |',
+        f'| RSS before / peak / after | {d["rss_mb"]["before"]:.0f} / {d["rss_mb"]["peak"]:.0f} '
+        f'/ {d["rss_mb"]["after"]:.0f} MiB (buffer {d["buffer_mb"]:.0f} MiB) |', ''])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and write the Markdown file; return 1 if any failed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         'absolute numbers as this machine\'s.',
         '',
     ]
-    args.out.write_text('\n'.join(header) + '\n'.join(sections))
+    sections.append(load_test_section())
+    args.out.write_text('\n'.join(header) + '\n' + '\n'.join(s for s in sections if s))
     print(f'[bench] wrote {args.out}')
     return 1 if failed else 0
 
