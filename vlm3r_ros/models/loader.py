@@ -75,6 +75,16 @@ def _existing(path: str, what: str) -> str:
     return path
 
 
+def _weight_paths(base: str, base_param: str, spec: ModelSpec) -> dict[str, str | None]:
+    """Return the profile's weight-path fields: base dir, LoRA dir, non-LoRA file."""
+    return {
+        'base_model_dir': _existing(base, base_param),
+        'lora_dir': _existing(spec.lora_path, 'vlm3r_lora_path') if spec.lora_path else None,
+        'non_lora_path': (_existing(spec.non_lora_path, 'vlm3r_non_lora_path')
+                          if spec.non_lora_path else None),
+    }
+
+
 def load_bundle(spec: ModelSpec) -> ModelBundle:
     """Load both models for ``spec`` and return them as a ModelBundle.
 
@@ -88,8 +98,7 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
         if device == 'cpu':
             # Two workers share the CPU; intra-op threads would oversubscribe it.
             torch.set_num_threads(1)
-        paths = {'base_model_dir': _existing(spec.tiny_weights_path, 'tiny_weights_path')} \
-            if spec.tiny_weights_path else {}
+        paths = _weight_paths(spec.tiny_weights_path, 'tiny_weights_path', spec) if spec.tiny_weights_path else {}
         profile = get_profile('tiny', fusion=spec.fusion, device=device, dtype=dtype_name,
                               seed=TINY_SEED, **paths)
         if spec.cut3r_weights:
@@ -99,12 +108,8 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
             torch.manual_seed(TINY_SEED)
             cut3r = Cut3rModel(Cut3rConfig.tiny()).to(device).eval()
     elif spec.profile == 'vlm3r-7b':
-        profile = get_profile(
-            'vlm3r-7b', fusion=spec.fusion, device=device, dtype=dtype_name,
-            base_model_dir=_existing(spec.base_path, 'vlm3r_base_path'),
-            lora_dir=_existing(spec.lora_path, 'vlm3r_lora_path') if spec.lora_path else None,
-            non_lora_path=(_existing(spec.non_lora_path, 'vlm3r_non_lora_path')
-                           if spec.non_lora_path else None))
+        profile = get_profile('vlm3r-7b', fusion=spec.fusion, device=device, dtype=dtype_name,
+                              **_weight_paths(spec.base_path, 'vlm3r_base_path', spec))
         cut3r = load_cut3r(_existing(spec.cut3r_weights, 'cut3r_weights'), device=device,
                            dtype=dtype)
     else:

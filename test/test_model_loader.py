@@ -1,0 +1,59 @@
+"""The node's model loader on official-layout checkpoints written here (no downloads)."""
+import numpy as np
+import pytest
+import torch
+
+from vlm3r_ros.models.cut3r.checkpoint import save_official_layout
+from vlm3r_ros.models.cut3r.config import Cut3rConfig
+from vlm3r_ros.models.cut3r.model import Cut3rModel
+from vlm3r_ros.models.cut3r.stream import Cut3rStream
+from vlm3r_ros.models.loader import ModelConfigError, ModelSpec, load_bundle
+from vlm3r_ros.models.profiles import get_profile
+from vlm3r_ros.models.vlm3r.checkpoint import save_base_checkpoint, save_vlm3r_adapter
+from vlm3r_ros.models.vlm3r.model import Vlm3rModel
+
+FRAME = (np.random.default_rng(3).random((60, 80, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """Tiny CUT3R .pth + LLaVA base + VLM-3R adapter, with weights unlike the defaults."""
+    root = tmp_path_factory.mktemp('weights')
+    torch.manual_seed(123)
+    cut3r = Cut3rModel(Cut3rConfig.tiny()).eval()
+    save_official_layout(cut3r, root / 'cut3r_tiny.pth')
+    lmm = Vlm3rModel.random(get_profile('tiny', seed=7), seed=7)
+    save_base_checkpoint(lmm, root / 'base')
+    save_vlm3r_adapter(lmm, root / 'vlm3r')  # zero-B LoRA: the merge is the identity
+    return root, cut3r, lmm
+
+
+def test_bundle_loads_official_layout_and_reproduces_the_writer(checkpoints):
+    root, cut3r, lmm = checkpoints
+    bundle = load_bundle(ModelSpec(profile='tiny', cut3r_weights=str(root / 'cut3r_tiny.pth'),
+                                   tiny_weights_path=str(root / 'base'),
+                                   lora_path=str(root / 'vlm3r')))
+    geom = bundle.new_geometry_stream().step(FRAME)
+    ref = Cut3rStream(cut3r, image_size=(224, 224), resize_mode='stretch').step(FRAME)
+    assert torch.equal(geom.tokens, ref.tokens)
+    np.testing.assert_array_equal(geom.pts_world, ref.pts_world)
+    tokens = bundle.spatial.encode_frame(FRAME, geom.tokens, geom.pts_world)
+    assert torch.equal(tokens, lmm.encode_frame(FRAME, ref.tokens, ref.pts_world))
+    prompt = 'These are frames of a video.\nHow many chairs are in this room?'
+    assert bundle.spatial.answer(prompt, [tokens] * 3) == lmm.answer(prompt, [tokens] * 3)
+    # ...and it differs from the seeded default, so the files were really used.
+    default = load_bundle(ModelSpec(profile='tiny'))
+    assert not torch.equal(default.new_geometry_stream().step(FRAME).tokens, geom.tokens)
+
+
+@pytest.mark.parametrize('spec,match', [
+    (ModelSpec(profile='vlm3r-7b'), 'vlm3r_base_path is not set'),
+    (ModelSpec(profile='tiny', tiny_weights_path='/nonexistent/tiny'), 'tiny_weights_path'),
+    (ModelSpec(profile='tiny', lora_path='/nope', tiny_weights_path='/'), 'vlm3r_lora_path'),
+    (ModelSpec(profile='tiny', device='cuda'), 'no CUDA GPU'),
+])
+def test_bad_model_settings_fail_naming_the_parameter(spec, match):
+    if spec.device == 'cuda' and torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    with pytest.raises(ModelConfigError, match=match):
+        load_bundle(spec)
