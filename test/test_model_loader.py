@@ -57,3 +57,21 @@ def test_bad_model_settings_fail_naming_the_parameter(spec, match):
         pytest.skip('a GPU is present')
     with pytest.raises(ModelConfigError, match=match):
         load_bundle(spec)
+
+
+@pytest.mark.slow
+def test_onnx_geometry_backend_matches_torch_and_reuses_its_export(tmp_path):
+    torch_bundle = load_bundle(ModelSpec(profile='tiny'))
+    onnx_bundle = load_bundle(ModelSpec(profile='tiny', geometry_backend='onnx',
+                                        onnx_cache_dir=str(tmp_path)))
+    exports = list(tmp_path.glob('cut3r_*.onnx'))
+    assert len(exports) == 1
+    a, b = torch_bundle.new_geometry_stream(), onnx_bundle.new_geometry_stream()
+    for i in range(3):
+        frame = np.roll(FRAME, 7 * i, axis=1)
+        ga, gb = a.step(frame), b.step(frame)
+        assert (ga.tokens - gb.tokens).abs().max().item() < 1e-4
+        np.testing.assert_allclose(ga.pts_world, gb.pts_world, atol=1e-4)
+    mtime = exports[0].stat().st_mtime_ns
+    load_bundle(ModelSpec(profile='tiny', geometry_backend='onnx', onnx_cache_dir=str(tmp_path)))
+    assert exports[0].stat().st_mtime_ns == mtime  # cached, not exported again
