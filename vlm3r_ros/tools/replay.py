@@ -357,8 +357,13 @@ class Replayer:
 
 
 def progress_bar(done: int, total: int, width: int = 40) -> None:
-    """Draw a one-line progress bar on stderr."""
-    if done != total and done % 10:
+    """Draw a one-line progress bar on stderr (a line per quarter when not a terminal)."""
+    tty = sys.stderr.isatty()
+    step = 10 if tty else max(1, total // 4)
+    if done != total and done % step:
+        return
+    if not tty:
+        sys.stderr.write(f'{done}/{total} messages\n')
         return
     filled = int(width * done / max(total, 1))
     sys.stderr.write(f'\r[{"#" * filled}{"." * (width - filled)}] {done}/{total}')

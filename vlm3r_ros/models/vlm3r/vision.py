@@ -59,7 +59,9 @@ def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float], std: S
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError('image must be an (H, W, 3) uint8 RGB array, '
                          f'got {array.shape} {array.dtype}')
-    pixels = torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(2, 0, 1)[None].float()
+    # Frames decoded from ROS messages are read-only views of the message bytes.
+    array = np.ascontiguousarray(array) if array.flags.writeable else array.copy()
+    pixels = torch.from_numpy(array).to(device).permute(2, 0, 1)[None].float()
     if pixels.shape[-2:] != (size, size):
         pixels = F.interpolate(pixels, size=(size, size), mode='bicubic', align_corners=False,
                                antialias=True).round().clamp(0, 255)
