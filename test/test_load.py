@@ -186,7 +186,7 @@ def test_stream_and_concurrent_questions():
         ('stream', f'{RATE_HZ:g} Hz {WIDTH}x{HEIGHT} rgb8 for {report["stream"]["seconds"]} s'),
         ('frames published / received', f'{stream.published} / {received}'),
         ('ingest drop rate', f'{report["ingest_drop_rate"]:.2%}'),
-        ('dropped in node (evicted+skipped)', str(report['frames_dropped_in_node'])),
+        ('dropped in node (duplicates + geometry skipped)', str(report['frames_dropped_in_node'])),
         ('ingest / geometry rate (Hz, median)',
          f'{report["ingest_rate_hz_median"]:.1f} / {report["geometry_rate_hz_median"]:.1f}'),
         ('clients / calls', f'{CLIENTS} / {len(results)}'),

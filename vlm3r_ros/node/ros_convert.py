@@ -186,6 +186,7 @@ def diagnostics(status: EngineStatus, stream_state: str, input_desc: str, node_n
                           'publisher QoS is compatible (reliability/durability)')
     stream.values = [_kv('frames_received', status.frames_received),
                      _kv('frames_dropped', status.frames_dropped),
+                     _kv('frames_evicted', status.frames_evicted),
                      _kv('buffer_length', status.buffer_length),
                      _kv('buffer_span_s', f'{status.buffer_span_s:.2f}'),
                      _kv('buffer_resets', status.buffer_resets)]

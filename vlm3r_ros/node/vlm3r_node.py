@@ -456,6 +456,7 @@ class Vlm3rNode(LifecycleNode):
         msg.input_topic = self._input_desc()
         msg.frames_received = status.frames_received
         msg.frames_dropped = status.frames_dropped
+        msg.frames_evicted = status.frames_evicted
         msg.frames_rejected = self._rejected
         msg.ingest_rate_hz, msg.geometry_rate_hz = (float(r) for r in self._rates)
         msg.buffer_length = status.buffer_length

@@ -124,6 +124,7 @@ class EngineStatus:
     model_error: str
     frames_received: int
     frames_dropped: int
+    frames_evicted: int
     buffer_length: int
     buffer_span_s: float
     buffer_bytes: int
@@ -677,7 +678,8 @@ class SpatialEngine:
                 model_profile=self._bundle.profile if self._bundle else '',
                 model_error=self._model_error,
                 frames_received=self._received,
-                frames_dropped=stats.dropped + stats.evicted + self._skipped,
+                frames_dropped=stats.dropped + self._skipped,
+                frames_evicted=stats.evicted + stats.cleared,
                 buffer_length=stats.frames,
                 buffer_span_s=stats.span_s,
                 buffer_bytes=stats.nbytes,
