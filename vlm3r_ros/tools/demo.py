@@ -34,7 +34,8 @@ from vlm3r_ros.tools.evaluate import (Answer, BagInfo, EvalResult, EvalSetupErro
 # Scene seed 3 yields questions for all 15 VSI-Bench and VSTI-Bench tasks at this size.
 DEMO_SETTINGS: dict[str, Any] = {
     'scene_seed': 3, 'trajectory_seed': 3, 'qa_seed': 3, 'seconds': 24.0, 'rate_hz': 5.0,
-    'width': 320, 'height': 240, 'per_task': 3, 'storage': 'sqlite3', 'with_pose': True}
+    'width': 320, 'height': 240, 'per_task': 3, 'storage': 'sqlite3', 'with_pose': True,
+    'with_depth': True}
 STAMP_FILE = 'demo_settings.json'
 
 
@@ -58,7 +59,8 @@ def ensure_demo_bag(data_dir: Path, settings: dict[str, Any] = DEMO_SETTINGS,
     trajectory = make_trajectory(scene, seconds=settings['seconds'], rate_hz=settings['rate_hz'],
                                  seed=settings['trajectory_seed'])
     write_bag(scene, trajectory, data_dir, storage=settings['storage'],
-              with_pose=settings['with_pose'], width=settings['width'],
+              with_pose=settings['with_pose'], with_depth=settings['with_depth'],
+              width=settings['width'],
               height=settings['height'], qa_seed=settings['qa_seed'],
               qa_kwargs={'max_per_task': settings['per_task']})
     stamp.write_text(json.dumps(settings, indent=1), encoding='utf8')

@@ -177,7 +177,8 @@ def node_parameters(info: BagInfo, profile: str, namespace: str = '',
     """Return the ``-p`` parameters (as text) for a node fed with ``info``'s bag.
 
     Topics are prefixed with ``namespace`` (the replay remaps them the same way). Besides
-    topics and profile: reliable QoS and a short status period (the replay paces on the
+    topics and profile: voxels from depth when the bag has depth, camera_info and poses;
+    reliable QoS and a short status period (the replay paces on the
     status), an uncapped geometry rate (pacing decides the rate, so every frame gets
     geometry) and a buffer that holds the whole bag. ``overrides`` win.
     """
@@ -199,6 +200,9 @@ def node_parameters(info: BagInfo, profile: str, namespace: str = '',
     if info.pose_topic:
         params['pose_topic'] = ns + info.pose_topic
         params['pose_topic_type'] = str(info.pose_type)
+    if info.depth_topic and info.camera_info_topic and info.pose_topic:
+        # An RGB-D robot with odometry: voxels (keyframe coverage) from measured depth.
+        params['points_source'] = 'depth'
     params.update(overrides or {})
     return params
 
