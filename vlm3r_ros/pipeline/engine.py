@@ -129,7 +129,6 @@ class EngineStatus:
     buffer_span_s: float
     buffer_bytes: int
     buffer_resets: int
-    frames_with_geometry: int
     geometry_frames: int
     keyframe_count: int
     keyframe_coverage: float
@@ -181,7 +180,7 @@ class SpatialEngine:
         self._skipped = 0
         self._geometry_frames = 0
         self._answered = 0
-        self._selection_cache: tuple[int, Selection] | None = None
+        self._selection_cache: Selection | None = None  # default selection, for status
         self._load_thread: threading.Thread | None = None
 
     def _new_graph(self) -> TrajectoryGraph:
@@ -662,16 +661,14 @@ class SpatialEngine:
         """Return a snapshot of counters, buffer, keyframes and model state."""
         stats = self.buffer.stats()
         with self._lock:
-            cached = self._selection_cache
-        if cached is None:
+            sel = self._selection_cache
+        if sel is None:  # recomputed only after new geometry or a reset
             try:
                 sel = self.select_keyframes()
             except Exception:  # noqa: BLE001 - status must never fail
                 sel = None
-            if sel is not None:
-                with self._lock:
-                    self._selection_cache = cached = (0, sel)
-        sel = cached[1] if cached else None
+            with self._lock:
+                self._selection_cache = sel
         with self._lock:
             return EngineStatus(
                 model_state=self._model_state,
@@ -684,7 +681,6 @@ class SpatialEngine:
                 buffer_span_s=stats.span_s,
                 buffer_bytes=stats.nbytes,
                 buffer_resets=stats.resets,
-                frames_with_geometry=len(self.coverage),
                 geometry_frames=self._geometry_frames,
                 keyframe_count=len(sel.frame_ids) if sel else 0,
                 keyframe_coverage=float(sel.ratio) if sel else 0.0,
