@@ -161,8 +161,9 @@ def test_repeated_deactivate_activate_frees_and_reloads_the_model():
         print(f'\nRSS per cycle (MiB), unloaded: {[round(v, 1) for v in rss_unloaded]}, '
               f'loaded: {[round(v, 1) for v in rss_loaded]}')
         # Before the freed heap was trimmed on unload, both grew by about 55 MiB in 5 cycles.
-        assert rss_unloaded[-1] - rss_unloaded[0] < 25.0, rss_unloaded
-        assert rss_loaded[-1] - rss_loaded[0] < 35.0, rss_loaded
+        # Cycle 1 includes allocator warm-up; a leak shows as growth over the later cycles.
+        assert rss_unloaded[-1] - rss_unloaded[1] < 25.0, rss_unloaded
+        assert rss_loaded[-1] - rss_loaded[1] < 35.0, rss_loaded
         assert len(node.engine.buffer) == 6 + 2 * cycles  # the buffer survives the cycles
 
 
