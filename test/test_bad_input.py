@@ -104,15 +104,19 @@ def png_declaring(width: int, height: int, rows: int) -> bytes:
             + chunk(b'IDAT', pixels) + chunk(b'IEND', b''))
 
 
-def jpeg_with_size(width: int, height: int, keep_scan: bool = True) -> bytes:
-    """Return a real JPEG whose frame header is patched to declare width x height."""
+def jpeg_with_size(width: int, height: int, keep_scan: bool = True,
+                   stray: bytes = b'') -> bytes:
+    """Return a real JPEG whose frame header is patched to declare width x height.
+
+    ``stray`` bytes go right before the frame header (libjpeg skips them with a warning).
+    """
     data = bytearray(encode_compressed(synthetic_frame(0)))
     sof = data.find(b'\xff\xc0')
     data[sof + 5:sof + 7] = height.to_bytes(2, 'big')
     data[sof + 7:sof + 9] = width.to_bytes(2, 'big')
     if not keep_scan:
         data = data[:sof + 40] + b'\xff\xd9'
-    return bytes(data)
+    return bytes(data[:sof] + stray + data[sof:])
 
 
 # ----------------------------------------------------------------------------- node A
@@ -437,7 +441,7 @@ COMPRESSED_CASES = {
     'random bytes': (os.urandom(512).replace(b'\xff', b'\x00'), 'neither JPEG nor PNG'),
     'truncated JPEG': (_jpeg()[:len(_jpeg()) // 2], 'truncated (no end-of-image marker)'),
     'corrupt JPEG header': (b'\xff\xd8\xff\xe0' + b'garbage' * 20 + b'\xff\xd9',
-                            'could not be decoded'),
+                            'no frame header (SOF marker)'),
     'JPEG declaring 0x0': (jpeg_with_size(0, 0), 'zero size (0x0)'),
     'truncated PNG': (encode_compressed(synthetic_frame(3), 'png')[:200],
                       'PNG data is truncated'),
@@ -447,6 +451,8 @@ COMPRESSED_CASES = {
                                 'image 16384x16384 exceeds the limit'),
     'JPEG declaring 20000 x 20000': (jpeg_with_size(20000, 20000, keep_scan=False),
                                      'image 20000x20000 exceeds the limit'),
+    'JPEG bomb behind two stray bytes': (jpeg_with_size(8192, 2100, stray=b'\x00\x00'),
+                                         'image 8192x2100 exceeds the limit'),
 }
 
 

@@ -1,11 +1,17 @@
 """Image conversion: every supported encoding, and clear errors for bad input."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
 import cv2
 import numpy as np
 import pytest
 
 from vlm3r_ros.ingest.image_codec import (
-    ImageDecodeError, decode_color, decode_compressed, decode_depth, encode_compressed,
-    intrinsics_from_k)
+    ImageDecodeError, decode_color, decode_compressed, decode_depth, declared_sizes,
+    encode_compressed, intrinsics_from_k)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
@@ -104,3 +110,98 @@ def test_intrinsics_scale():
     s = k.scaled(320, 240)
     assert (s.fx, s.fy, s.cx, s.cy) == (250, 200, 160, 120)
     np.testing.assert_allclose(k.matrix()[0], [500, 0, 320])
+
+
+# ----------------------------------------------------------------------------- bombs
+OVER = (8192, 2100)  # 17.2 M pixels: over MAX_PIXELS, small enough to decode if unchecked
+
+
+def _patched_jpeg(width: int, height: int, stray: bytes = b'', before: bytes = b'\xff\xc0',
+                  progressive: bool = False) -> bytes:
+    """Return a real JPEG whose SOFn declares width x height, with ``stray`` bytes inserted
+    right before the marker ``before`` (libjpeg skips them with a warning)."""
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if progressive else []
+    data = bytearray(cv2.imencode('.jpg', np.zeros((48, 64, 3), np.uint8), params)[1].tobytes())
+    sof = data.find(b'\xff\xc2' if progressive else b'\xff\xc0')
+    data[sof + 5:sof + 7] = height.to_bytes(2, 'big')
+    data[sof + 7:sof + 9] = width.to_bytes(2, 'big')
+    at = data.find(before)
+    return bytes(data[:at] + stray + data[at:])
+
+
+@pytest.mark.parametrize('stray,before,progressive', [
+    (b'\x00\x00', b'\xff\xc0', False),      # two stray bytes before the frame header
+    (b'\x12', b'\xff\xc0', False),
+    (b'junkjunk', b'\xff\xdb', False),      # before an earlier marker (DQT)
+    (b'\x00\x00', b'\xff\xc2', True),       # progressive frame header (SOF2)
+])
+def test_bomb_behind_stray_bytes_is_refused_before_decoding(stray, before, progressive,
+                                                          monkeypatch):
+    bomb = _patched_jpeg(*OVER, stray, before, progressive)
+    decoded = []  # the real decoder, recording that it was reached
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, 'imdecode', lambda *a: decoded.append(1) or real_imdecode(*a))
+    started = time.monotonic()
+    with pytest.raises(ImageDecodeError, match='image 8192x2100 exceeds the limit'):
+        decode_compressed('jpeg', bomb)
+    assert not decoded, 'the decoder ran on a frame over the pixel limit'
+    assert time.monotonic() - started < 0.05  # refused from the header alone
+    assert (8192, 2100) in declared_sizes(bomb)
+
+
+def test_stray_bytes_in_a_normal_jpeg_still_decode():
+    ok = _patched_jpeg(64, 48, b'\x00\x00')
+    assert decode_compressed('jpeg', ok).shape == (48, 64, 3)
+    assert declared_sizes(ok) == [(64, 48)]
+
+
+def test_jpeg_without_frame_header_and_png_without_leading_ihdr_are_refused():
+    no_sof = b'\xff\xd8\xff\xe0' + b'garbage' * 20 + b'\xff\xd9'
+    with pytest.raises(ImageDecodeError, match='no frame header'):
+        decode_compressed('jpeg', no_sof)
+    png = encode_compressed(RGB, 'png')
+    text = b'\x00\x00\x00\x04tEXtabcd\x00\x00\x00\x00'  # a chunk ahead of IHDR
+    with pytest.raises(ImageDecodeError, match='does not start with an IHDR'):
+        decode_compressed('png', png[:8] + text + png[8:])
+
+
+def test_every_png_ihdr_is_checked():
+    png = bytearray(encode_compressed(RGB, 'png'))
+    png[16:20] = (8192).to_bytes(4, 'big')
+    png[20:24] = (2100).to_bytes(4, 'big')
+    with pytest.raises(ImageDecodeError, match='8192x2100 exceeds the limit'):
+        decode_compressed('png', bytes(png))
+
+
+def test_decoder_itself_refuses_more_than_max_pixels():
+    # The second bound: with vlm3r_ros imported first, OpenCV's own limit refuses the bomb
+    # even when called directly (no header scan in between). In a fresh process, because
+    # OpenCV reads the limit when cv2 is imported.
+    bomb_bytes, good_bytes = _patched_jpeg(*OVER, b'\x00\x00'), encode_compressed(RGB)
+    code = textwrap.dedent(f'''
+        import vlm3r_ros, cv2, numpy as np, os
+        from vlm3r_ros.ingest import image_codec
+        assert int(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS']) == image_codec.MAX_PIXELS
+        assert int(os.environ['OPENCV_IO_MAX_IMAGE_WIDTH']) == image_codec.MAX_SIDE
+        bomb = np.frombuffer({bomb_bytes!r}, np.uint8)
+        try:
+            out = cv2.imdecode(bomb, cv2.IMREAD_COLOR)
+        except cv2.error:
+            out = None
+        print('decoded' if out is not None else 'refused')
+        ok = cv2.imdecode(np.frombuffer({good_bytes!r}, np.uint8), 1)
+        print(ok.shape)
+    ''')
+    env = {k: v for k, v in os.environ.items() if not k.startswith('OPENCV_IO_MAX')}
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ['refused', '(6,', '8,', '3)']
+
+
+def test_header_scan_is_cheap_on_a_real_frame():
+    frame = encode_compressed(RNG.integers(0, 256, size=(480, 640, 3), dtype=np.uint8))
+    started = time.perf_counter()
+    for _ in range(20):
+        assert declared_sizes(frame) == [(640, 480)]
+    assert (time.perf_counter() - started) / 20 < 0.005

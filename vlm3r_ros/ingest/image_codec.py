@@ -11,6 +11,7 @@ message fit for a log line or a diagnostic.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -158,66 +159,91 @@ def decode_compressed(fmt: str, data: bytes) -> np.ndarray:
 
     ``fmt`` is the message's format string ('jpeg', 'png', 'rgb8; jpeg compressed bgr8',
     ...); the codec is detected from the data itself, so a wrong format string is not fatal.
+    The pixel count is bounded before any pixel is decoded (see :func:`declared_sizes`),
+    and OpenCV's own decoder limits (set in ``vlm3r_ros/__init__.py``) bound it again.
     Raises ImageDecodeError for empty, truncated or corrupt data or an oversized image.
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise ImageDecodeError(f'compressed image ({fmt or "no format"}) has no data')
-    if not (buf[:3].tobytes() == b'\xff\xd8\xff' or buf[:8].tobytes() == b'\x89PNG\r\n\x1a\n'):
+    raw = buf.tobytes() if not isinstance(data, bytes) else data
+    if not (raw[:3] == b'\xff\xd8\xff' or raw[:8] == _PNG_MAGIC):
         raise ImageDecodeError(
             f'compressed image ({fmt or "no format"}) is neither JPEG nor PNG')
-    if buf[:2].tobytes() == b'\xff\xd8' and buf[-2:].tobytes() != b'\xff\xd9':
+    if raw[:2] == b'\xff\xd8' and raw[-2:] != b'\xff\xd9':
         # OpenCV decodes truncated JPEGs with grey fill and only a warning: reject them.
         raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
-    if buf[:8].tobytes() == b'\x89PNG\r\n\x1a\n' and b'IEND' not in buf[-12:].tobytes():
+    if raw[:8] == _PNG_MAGIC and b'IEND' not in raw[-12:]:
         raise ImageDecodeError('PNG data is truncated (no IEND chunk)')
-    header_size = compressed_size(data)
-    if header_size is not None:
-        # Check the declared size before decoding: a few KB of PNG/JPEG can declare a
-        # 16k x 16k image that would cost gigabytes and seconds to decode.
-        _check_size(header_size[1], header_size[0])
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # Check every declared size before decoding: a few KB of PNG/JPEG can declare a
+    # 20k x 20k image that would cost gigabytes and seconds to decode.
+    for width, height in declared_sizes(raw):
+        _check_size(height, width)
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's size limits raise instead of returning None
+        raise ImageDecodeError(f'compressed image ({fmt or "no format"}) was refused by the '
+                               f'decoder: {str(exc).strip().splitlines()[-1]}') from None
     if image is None:
         raise ImageDecodeError(f'compressed image ({fmt or "no format"}) could not be decoded')
     _check_size(*image.shape[:2])
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC) carry the image size.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_SOF_RE = re.compile(b'\xff[' + bytes(sorted(_JPEG_SOF)) + b']')
+# A PNG IHDR chunk: 4-byte length 13, then the type; width and height follow.
+_PNG_IHDR_RE = re.compile(re.escape(b'\x00\x00\x00\x0dIHDR'))
+
+
+def declared_sizes(data: bytes) -> list[tuple[int, int]]:
+    """Return every (width, height) that a JPEG or PNG declares, without decoding pixels.
+
+    JPEG: every SOFn segment anywhere in the data, not only where a strict walk of the
+    markers would look. libjpeg skips stray bytes before a marker (with a warning) and
+    reads whichever SOFn it meets, so a walk that stops at the first oddity can be
+    bypassed; a SOFn that libjpeg accepts always has length 8 + 3 x components, which is
+    what the scan looks for. PNG: every IHDR chunk (the decoder uses the first chunk,
+    which must be IHDR). Raises ImageDecodeError when no frame header is found at all.
+    """
+    sizes: list[tuple[int, int]] = []
+    if data[:8] == _PNG_MAGIC:
+        if data[12:16] != b'IHDR':
+            raise ImageDecodeError('PNG data does not start with an IHDR chunk')
+        for match in _PNG_IHDR_RE.finditer(data):
+            i = match.end()
+            if i + 8 <= len(data):
+                sizes.append((int.from_bytes(data[i:i + 4], 'big'),
+                              int.from_bytes(data[i + 4:i + 8], 'big')))
+        return sizes
+    if data[:2] != b'\xff\xd8':
+        return sizes
+    for match in _JPEG_SOF_RE.finditer(data):
+        i = match.start()
+        if i + 10 > len(data):
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], 'big')
+        components = data[i + 9]
+        if components and length == 8 + 3 * components:
+            sizes.append((int.from_bytes(data[i + 7:i + 9], 'big'),
+                          int.from_bytes(data[i + 5:i + 7], 'big')))
+    if not sizes:
+        raise ImageDecodeError('JPEG data has no frame header (SOF marker)')
+    return sizes
 
 
 def compressed_size(data: bytes) -> tuple[int, int] | None:
-    """Return (width, height) declared in a PNG or JPEG header without decoding pixels.
+    """Return the (width, height) a PNG or JPEG declares first, without decoding pixels.
 
-    Returns None when the header cannot be read (the decoder then reports the error).
+    Returns None when no header can be read. :func:`declared_sizes` lists every one.
     """
-    if data[:8] == b'\x89PNG\r\n\x1a\n':
-        if len(data) < 24 or data[12:16] != b'IHDR':
-            return None
-        return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
-    if data[:2] != b'\xff\xd8':
+    try:
+        sizes = declared_sizes(data)
+    except ImageDecodeError:
         return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-            continue
-        if marker in _JPEG_SOF:
-            if i + 9 > len(data):
-                return None
-            return (int.from_bytes(data[i + 7:i + 9], 'big'),
-                    int.from_bytes(data[i + 5:i + 7], 'big'))
-        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
-            return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
-    return None
+    return sizes[0] if sizes else None
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90) -> bytes:
