@@ -17,6 +17,8 @@ from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 MAX_OPTION_CHARS = 500
 MAX_GOAL_CHARS = 500
 MAX_KEYFRAME_BUDGET = 64
+# Where the prompt template puts the frames; in caller text it would be ambiguous.
+IMAGE_PLACEHOLDER = '<image>'
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ def check_text(name: str, text: str, max_chars: int, *, required: bool = True,
     """Return ``text`` stripped, or raise RequestError when it is empty or unsafe.
 
     Control characters other than newline and tab are rejected (they corrupt logs and
-    prompts); so is text longer than ``max_chars``.
+    prompts); so are text longer than ``max_chars`` and the ``<image>`` placeholder. Chat
+    markers such as ``<|im_end|>`` are accepted: the model tokenises caller text as plain
+    text, so they stay characters.
     """
     if len(text) > max_chars:
         raise RequestError(ErrorCode.INVALID_REQUEST,
@@ -83,6 +87,10 @@ def check_text(name: str, text: str, max_chars: int, *, required: bool = True,
             raise RequestError(ErrorCode.INVALID_REQUEST,
                                f'{name} contains a control character (U+{ord(ch):04X}) '
                                f'at position {i}')
+    if IMAGE_PLACEHOLDER in text:
+        raise RequestError(ErrorCode.INVALID_REQUEST,
+                           f'{name} contains the {IMAGE_PLACEHOLDER} placeholder, which marks '
+                           'where the frames go in the prompt; rephrase it')
     stripped = text.strip()
     if required and not stripped:
         raise RequestError(ErrorCode.INVALID_REQUEST, f'{name} is empty')

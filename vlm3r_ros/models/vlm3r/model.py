@@ -31,8 +31,9 @@ from vlm3r_ros.models.video3d_pe import video3d_position_encoding
 from vlm3r_ros.models.vlm3r.network import (
     Vlm3rNet, build_network, randomize_, torch_dtype)
 from vlm3r_ros.models.vlm3r.prefix_cache import PrefixCache, PrefixEntry, truncate_cache
-from vlm3r_ros.models.vlm3r.prompt import qwen_1_5_prompt
-from vlm3r_ros.models.vlm3r.tokenizer import build_tiny_tokenizer, stop_token_ids
+from vlm3r_ros.models.vlm3r.prompt import ChatPrompt, qwen_1_5_prompt
+from vlm3r_ros.models.vlm3r.tokenizer import (build_tiny_tokenizer, plain_token_ids,
+                                              stop_token_ids)
 from vlm3r_ros.models.vlm3r.vision import preprocess_image, siglip_features
 from vlm3r_ros.models.vlm3r.visual_tokens import add_newline_tokens, pool_tokens
 
@@ -214,9 +215,17 @@ class Vlm3rModel:
 
     # ----------------------------------------------------------------------------- language
     def _ids(self, text: str) -> torch.Tensor:
-        """Tokenize `text` without added special tokens; return (n,) int64 on the device."""
+        """Tokenize template `text` (its chat markers become special tokens); return (n,)
+        int64 on the device."""
         ids = self._tokenizer(text, add_special_tokens=False)['input_ids']
         return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def suffix_ids(self, chat: ChatPrompt) -> torch.Tensor:
+        """Return the ids after the visual tokens: the caller's text as plain text (no
+        special token, whatever it contains), then the template's tail."""
+        user = plain_token_ids(self._tokenizer, chat.user)
+        tail = self._tokenizer(chat.tail, add_special_tokens=False)['input_ids']
+        return torch.tensor(user + list(tail), dtype=torch.long, device=self.device)
 
     def _frames(self, frame_tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Validate frame tokens and return them on the model device/dtype."""
@@ -267,7 +276,7 @@ class Vlm3rModel:
             entry = self._prefill_prefix(chat.prefix, frames, list(frame_tokens))
             self._prefix_cache.store(key, entry)
         try:
-            yield entry, hit, self._ids(chat.suffix)
+            yield entry, hit, self.suffix_ids(chat)
         finally:
             truncate_cache(entry.cache, entry.length)
 
@@ -351,7 +360,7 @@ class Vlm3rModel:
             frames = self._frames(frame_tokens)
             chat = qwen_1_5_prompt(prompt, self._profile.system_prompt, has_image=bool(frames))
             sequence = torch.cat([self._embed(self._ids(chat.prefix)), *frames,
-                                  self._embed(self._ids(chat.suffix))], dim=0)[None]
+                                  self._embed(self.suffix_ids(chat))], dim=0)[None]
             output = self._net.language_model(inputs_embeds=sequence, use_cache=False,
                                               logits_to_keep=1)
             return output.logits[0, -1].float()

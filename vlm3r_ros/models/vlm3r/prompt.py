@@ -6,6 +6,9 @@ Reference prompt for one video:
 The reference tokenizes the text before and after `<image>` separately and splices the visual
 embeddings in between, so the part before the image (plus the visual tokens) is a prefix shared
 by every question on the same frames: that is what the prefix KV cache keeps.
+
+The caller's text (``user``) is kept apart from the template so that it is tokenised as plain
+text (``tokenizer.plain_token_ids``): chat markers typed into a question stay characters.
 """
 
 from __future__ import annotations
@@ -19,10 +22,17 @@ IMAGE_PLACEHOLDER = '<image>'
 
 @dataclass(frozen=True)
 class ChatPrompt:
-    """Text before the visual tokens and text after them."""
+    """Template text before the visual tokens; after them the caller's text, then the
+    template's tail (end of the user turn, start of the assistant turn)."""
 
     prefix: str
-    suffix: str
+    user: str
+    tail: str
+
+    @property
+    def suffix(self) -> str:
+        """Return all the text after the visual tokens (``user`` + ``tail``)."""
+        return self.user + self.tail
 
 
 def qwen_1_5_prompt(question: str, system: str = 'You are a helpful assistant.',
@@ -38,4 +48,4 @@ def qwen_1_5_prompt(question: str, system: str = 'You are a helpful assistant.',
         raise ValueError('the question must not contain the <image> placeholder')
     prefix = f'{IM_START}system\n{system}{IM_END}\n{IM_START}user\n'
     body = f'\n{question}' if has_image else question
-    return ChatPrompt(prefix=prefix, suffix=f'{body}{IM_END}\n{IM_START}assistant\n')
+    return ChatPrompt(prefix=prefix, user=body, tail=f'{IM_END}\n{IM_START}assistant\n')

@@ -7,6 +7,7 @@ never touches the model hub. Byte-level coverage means any text encodes and deco
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -101,3 +102,47 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return frozenset(ids)
+
+
+def added_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Return the ids of every special and added token (chat markers, padding, eos...)."""
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    ids.update(int(i) for i in getattr(tokenizer, 'added_tokens_decoder', {}))
+    return frozenset(ids)
+
+
+def plain_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Tokenise untrusted ``text`` as plain text: never to a special or added token.
+
+    A caller's question containing `<|im_end|>` / `<|im_start|>` (or any other added
+    token's text) would otherwise close the user turn and open a system or assistant turn.
+    Special-token parsing is switched off (``split_special_tokens``); added tokens that
+    the tokenizer still matches are spelt piece by piece. Raises ValueError if an added id
+    remains (a tokenizer that cannot encode the text as plain text).
+    """
+    forbidden = added_token_ids(tokenizer)
+    ids = _encode(tokenizer, text)
+    if forbidden.isdisjoint(ids):
+        return ids
+    contents = sorted({str(t) for t in getattr(tokenizer, 'added_tokens_decoder', {}).values()}
+                      | set(tokenizer.all_special_tokens), key=len, reverse=True)
+    pattern = re.compile('|'.join(re.escape(c) for c in contents if c))
+    ids = []
+    position = 0
+    for match in pattern.finditer(text):
+        ids += _encode(tokenizer, text[position:match.start()])
+        for char in match.group(0):  # one character at a time: no added token can match
+            ids += _encode(tokenizer, char)
+        position = match.end()
+    ids += _encode(tokenizer, text[position:])
+    leaked = forbidden.intersection(ids)
+    if leaked:
+        raise ValueError(f'text cannot be tokenised without special tokens {sorted(leaked)}')
+    return ids
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False,
+                          split_special_tokens=True)['input_ids'])
