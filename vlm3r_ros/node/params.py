@@ -36,6 +36,9 @@ SPECS: tuple[Spec, ...] = (
     Spec('camera_info_topic', '', 'Optional sensor_msgs/CameraInfo topic (empty: none).'),
     Spec('depth_topic', '', 'Optional depth image topic (16UC1 mm or 32FC1 m; empty: none).'),
     Spec('depth_scale', 0.001, 'Metres per unit of 16UC1 depth.', 1e-6, 10.0),
+    Spec('depth_tolerance_s', 0.05, 'Largest stamp difference of a colour frame and the depth '
+         'map paired with it (s); a frame waits up to 0.25 s for its depth, in either '
+         'arrival order.', 0.0, 1.0),
     Spec('pose_topic', '', 'Optional camera pose topic (odometry) in map_frame, used instead '
          "of the geometry encoder's poses for routes and depth voxels (empty: none)."),
     Spec('pose_topic_type', 'odometry', 'Message type on pose_topic.',
@@ -129,6 +132,7 @@ class NodeConfig:
     camera_info_topic: str
     depth_topic: str
     depth_scale: float
+    depth_tolerance_s: float
     pose_topic: str
     pose_topic_type: str
     tf_camera_frame: str

@@ -43,7 +43,7 @@ from vlm3r_ros.node.ros_convert import (
     stamp_to_ns, transform_to_matrix)
 from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
-from vlm3r_ros.pipeline.poses import NearestStampBuffer
+from vlm3r_ros.pipeline.pairing import DepthPairer, Paired
 from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
                                          validate_route)
 from vlm3r_ros.srv import PlanRoute, SpatialQuery
@@ -81,11 +81,13 @@ class Vlm3rNode(LifecycleNode):
         self._trajectory_len = -1
         self._timer = None
         self._intrinsics = None
-        # Depth maps by stamp, paired with the colour frame of the nearest stamp (50 ms).
-        self._depths: NearestStampBuffer[Any] = NearestStampBuffer(50_000_000, max_items=8)
+        # Colour frames paired with depth maps in either arrival order (approximate time);
+        # rebuilt at configure with depth_tolerance_s and stamp_reset_threshold_s.
+        self._depths: DepthPairer[Any, Any] = DepthPairer()
+        self._pair_timer: Any = None
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
-        self._node_error = ''  # node-level problem (e.g. TF) shown in status/diagnostics  # newest depth map, paired with the next colour frame
+        self._node_error = ''  # node-level problem (e.g. TF) shown in status/diagnostics
         self._last_frame_mono: float | None = None
         self._rejected = 0
         self._rate_mark = (time.monotonic(), 0, 0)
@@ -114,6 +116,8 @@ class Vlm3rNode(LifecycleNode):
             if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
                 sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # process-wide; see the constant
         self.engine = SpatialEngine(cfg.engine_config(), loader)
+        self._depths = DepthPairer(tolerance_ns=int(cfg.depth_tolerance_s * 1e9),
+                                   reset_threshold_ns=int(cfg.stamp_reset_threshold_s * 1e9))
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self._status_pub = self.create_publisher(SceneStatus, '~/status', 10)
@@ -147,6 +151,9 @@ class Vlm3rNode(LifecycleNode):
         if cfg.depth_topic:
             self._subs.append(self.create_subscription(
                 Image, cfg.depth_topic, self._on_depth, qos, callback_group=self._ingest_group))
+            # Frames waiting for a depth map that is late or never comes leave on this timer.
+            self._pair_timer = self.create_timer(0.05, self._poll_depth_pairs,
+                                                 callback_group=self._ingest_group)
         if cfg.pose_topic:
             pose_type = Odometry if cfg.pose_topic_type == 'odometry' else PoseStamped
             self._subs.append(self.create_subscription(
@@ -186,6 +193,10 @@ class Vlm3rNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown_io(self) -> None:
+        if self._pair_timer is not None:
+            self.destroy_timer(self._pair_timer)
+            self._pair_timer = None
+        self._submit_paired(self._depths.flush())  # frames still waiting for depth
         for sub in self._subs:
             self.destroy_subscription(sub)
         for srv in self._servers:
@@ -256,12 +267,28 @@ class Vlm3rNode(LifecycleNode):
         if k is not None:
             K = k.matrix()
         stamp_ns = stamp_to_ns(msg.header.stamp)
-        depth = self._depths.lookup(stamp_ns)
         if self._tf_buffer is not None:
             self._pose_from_tf(msg.header.stamp)
-        if engine.submit_frame(stamp_ns, rgb, depth=depth, intrinsics=K):
-            self.get_logger().warning('image stamps went backwards (looping bag?): '
-                                      'buffer, keyframes and trajectory were reset')
+        if self.config is not None and self.config.depth_topic:
+            self._submit_paired(self._depths.add_frame(stamp_ns, (rgb, K), time.monotonic()))
+        else:
+            self._submit_paired([Paired(stamp_ns, (rgb, K), None)])
+
+    def _submit_paired(self, frames: list[Paired[Any, Any]]) -> None:
+        """Hand frames that left the depth pairing (in stamp order) to the engine."""
+        engine = self.engine
+        if engine is None:
+            return
+        for paired in frames:
+            rgb, K = paired.frame
+            if engine.submit_frame(paired.stamp_ns, rgb, depth=paired.depth, intrinsics=K):
+                self._depths.reset_world(paired.stamp_ns)
+                self.get_logger().warning('image stamps went backwards (looping bag?): '
+                                          'buffer, keyframes, trajectory and depth pairing '
+                                          'were reset')
+
+    def _poll_depth_pairs(self) -> None:
+        self._submit_paired(self._depths.poll(time.monotonic()))
 
     def _setup_tf(self) -> None:
         """Listen to TF for camera poses when ``tf_camera_frame`` is set and tf2 exists."""
@@ -296,10 +323,12 @@ class Vlm3rNode(LifecycleNode):
     def _on_depth(self, msg: Image) -> None:
         assert self.config is not None
         try:
-            self._depths.add(stamp_to_ns(msg.header.stamp),
-                             depth_to_array(msg, self.config.depth_scale))
+            depth = depth_to_array(msg, self.config.depth_scale)
         except ImageDecodeError as exc:
             self._reject('depth', exc)
+            return
+        self._submit_paired(self._depths.add_depth(stamp_to_ns(msg.header.stamp), depth,
+                                                   time.monotonic()))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -458,6 +487,10 @@ class Vlm3rNode(LifecycleNode):
         msg.frames_dropped = status.frames_dropped
         msg.frames_evicted = status.frames_evicted
         msg.frames_rejected = self._rejected
+        pairs = self._depths.stats
+        msg.depth_received = pairs.depth_received
+        msg.depth_unpaired = pairs.depth_unpaired
+        msg.frames_without_depth = pairs.frames_without_depth
         msg.ingest_rate_hz, msg.geometry_rate_hz = (float(r) for r in self._rates)
         msg.buffer_length = status.buffer_length
         msg.buffer_span_s = float(status.buffer_span_s)
