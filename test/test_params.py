@@ -52,3 +52,15 @@ def test_every_spec_has_a_description_and_sane_range():
             assert spec.default in spec.choices, spec.name
         desc = params.descriptor(spec)
         assert desc.description == spec.description
+
+
+def test_runtime_changes_are_checked_and_classified():
+    from vlm3r_ros.node.params import LIVE, SPECS, check_change
+    assert check_change({'keyframe_budget': 8}, configured=True) is None
+    assert 'not one of' in check_change({'qos_reliability': 'bogus'}, configured=False)
+    assert 'read at configure' in check_change({'qos_depth': 7}, configured=True)
+    assert check_change({'qos_depth': 7}, configured=False) is None  # used at configure
+    assert 'read-only' in check_change({'device': 'cpu'}, configured=False)
+    assert check_change({'use_sim_time': True}, configured=True) is None  # not ours
+    names = {spec.name for spec in SPECS}
+    assert LIVE <= names and not any(spec.read_only for spec in SPECS if spec.name in LIVE)

@@ -3,10 +3,15 @@
 ``declare(node)`` declares them all with descriptors (so ``ros2 param describe`` shows
 the description and range); ``read(node)`` validates the values into a :class:`NodeConfig`
 and raises ValueError naming the bad parameter.
+
+Changes at run time (``ros2 param set``) go through :func:`check_change`: every value is
+validated when it is set; the parameters in :data:`LIVE` apply at once (the node hands the
+new :class:`NodeConfig` to the engine); the others are read at configure, so while the node
+is configured they are refused with a reason saying how to make them take effect.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -188,16 +193,7 @@ class NodeConfig:
 
     def up_vector(self) -> tuple[float, float, float]:
         """Return the world up axis; raises ValueError for a malformed value."""
-        if self.up_axis == 'auto':
-            external = self.pose_topic or self.tf_camera_frame
-            return (0.0, 0.0, 1.0) if external else (0.0, -1.0, 0.0)
-        try:
-            x, y, z = (float(v) for v in self.up_axis.split(','))
-        except ValueError:
-            raise ValueError(f"up_axis must be 'auto' or 'x,y,z', got {self.up_axis!r}") from None
-        if x == y == z == 0:
-            raise ValueError('up_axis must not be zero')
-        return (x, y, z)
+        return parse_up_axis(self.up_axis, external=bool(self.pose_topic or self.tf_camera_frame))
 
     def engine_config(self) -> EngineConfig:
         """Return the engine's settings."""
@@ -216,6 +212,77 @@ class NodeConfig:
             route_turn_threshold_deg=self.route_turn_threshold_deg,
             route_max_keyframes=self.route_max_keyframes,
             route_min_goal_probability=self.route_min_goal_probability, up_axis=self.up_vector())
+
+
+# Parameters that take effect at once when set on a configured node (read at use time by
+# the node or the engine: budgets, decoding, limits, timeouts). Every other writable
+# parameter is read at configure.
+LIVE: frozenset[str] = frozenset({
+    'depth_scale', 'depth_tolerance_s', 'stamp_reset_threshold_s', 'keyframe_budget',
+    'coverage_ratio', 'keyframe_selection', 'min_confidence', 'cache_mode', 'geometry_rate_hz',
+    'max_new_tokens', 'option_decoding', 'request_timeout_s', 'max_question_chars',
+    'route_max_keyframes', 'route_min_goal_probability', 'route_turn_threshold_deg',
+    'stale_timeout_s', 'unload_on_deactivate',
+})
+_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise ValueError naming ``name`` when ``value`` is not allowed for it."""
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        return  # not one of ours (e.g. use_sim_time): rclpy's own rules apply
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f'parameter {name}={value!r} is not one of {", ".join(spec.choices)}')
+    if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+        raise ValueError(f'parameter {name}={value} is outside [{spec.low}, {spec.high}]')
+    if name == 'image_topic' and str(value).strip() == '':
+        raise ValueError('parameter image_topic must not be empty')
+    if name == 'up_axis':
+        parse_up_axis(str(value), external=False)
+
+
+def check_change(changes: dict[str, Any], configured: bool) -> str | None:
+    """Return why setting ``changes`` is refused, or None when they are accepted.
+
+    Every value is validated. On a configured node (inactive or active) only the
+    parameters in :data:`LIVE` may change; the others are read at configure.
+    """
+    for name, value in changes.items():
+        try:
+            check_value(name, value)
+        except ValueError as exc:
+            return str(exc)
+        spec = _BY_NAME.get(name)
+        if spec is None:
+            continue
+        if spec.read_only:
+            return (f'parameter {name} is read-only: set it when the node starts '
+                    f'(--ros-args -p {name}:=... or the params file)')
+        if configured and name not in LIVE:
+            return (f'parameter {name} is read at configure, so it cannot change while the '
+                    f'node is configured: deactivate and clean up the node, set {name}, then '
+                    'configure (and activate) again; it takes effect at that configure')
+    return None
+
+
+def apply_live(config: NodeConfig, changes: dict[str, Any]) -> NodeConfig:
+    """Return ``config`` with the (already checked) live ``changes`` applied."""
+    return replace(config, **{k: v for k, v in changes.items() if k in LIVE})
+
+
+def parse_up_axis(up_axis: str, external: bool) -> tuple[float, float, float]:
+    """Return the up axis of ``up_axis`` ('auto' or 'x,y,z'); ``external``: poses come from
+    odometry or TF (auto is then z up). Raises ValueError for a malformed value."""
+    if up_axis == 'auto':
+        return (0.0, 0.0, 1.0) if external else (0.0, -1.0, 0.0)
+    try:
+        x, y, z = (float(v) for v in up_axis.split(','))
+    except ValueError:
+        raise ValueError(f"up_axis must be 'auto' or 'x,y,z', got {up_axis!r}") from None
+    if x == y == z == 0:
+        raise ValueError('up_axis must not be zero')
+    return (x, y, z)
 
 
 def descriptor(spec: Spec) -> ParameterDescriptor:
@@ -243,15 +310,7 @@ def declare(node: Any) -> None:
 def validate(values: dict[str, Any]) -> NodeConfig:
     """Return a NodeConfig from raw values; raise ValueError naming a bad parameter."""
     for spec in SPECS:
-        value = values[spec.name]
-        if spec.choices and value not in spec.choices:
-            raise ValueError(f'parameter {spec.name}={value!r} is not one of '
-                             f'{", ".join(spec.choices)}')
-        if spec.low is not None and not spec.low <= value <= spec.high:
-            raise ValueError(f'parameter {spec.name}={value} is outside '
-                             f'[{spec.low}, {spec.high}]')
-    if values['image_topic'].strip() == '':
-        raise ValueError('parameter image_topic must not be empty')
+        check_value(spec.name, values[spec.name])
     config = NodeConfig(**{f.name: values[f.name] for f in fields(NodeConfig)})
     config.up_vector()
     return config

@@ -24,6 +24,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -65,6 +66,7 @@ class Vlm3rNode(LifecycleNode):
         """Declare parameters; with ``autostart`` the caller then calls :meth:`autostart`."""
         super().__init__(node_name, **kwargs)
         params.declare(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.config: params.NodeConfig | None = None
         self.engine: SpatialEngine | None = None
         self._ingest_group = MutuallyExclusiveCallbackGroup()
@@ -184,6 +186,7 @@ class Vlm3rNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Drop the engine (buffer, caches, model) and the publishers."""
         self._release()
+        self.config = None  # unconfigured: every parameter may change until configure
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -223,6 +226,31 @@ class Vlm3rNode(LifecycleNode):
                 self.destroy_publisher(pub)
         self._status_pub = self._diag_pub = self._path_pub = self._marker_pub = None
         self._trajectory_pub = None
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        """Validate a run-time change; apply live ones now, refuse the rest with a reason."""
+        changes = {p.name: p.value for p in parameters}
+        config = self.config
+        reason = params.check_change(changes, configured=config is not None)
+        if reason is None and config is not None:
+            new = params.apply_live(config, changes)
+            try:
+                new.engine_config()  # the combination must still be valid
+                if self.engine is not None:
+                    self.engine.update_config(new.engine_config())
+            except ValueError as exc:
+                reason = str(exc)
+            else:
+                self.config = new
+                self._depths.tolerance_ns = int(new.depth_tolerance_s * 1e9)
+                self._depths.reset_threshold_ns = int(new.stamp_reset_threshold_s * 1e9)
+                self.get_logger().info('parameters applied live: ' + ', '.join(
+                    f'{k}={v!r}' for k, v in changes.items()))
+        if reason is not None:
+            self.get_logger().warning(f'parameter change refused: {reason}')
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ ingest
     def _image_qos(self) -> QoSProfile:

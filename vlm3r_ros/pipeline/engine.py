@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, Callable, Protocol, Sequence
 
@@ -214,6 +214,30 @@ class SpatialEngine:
         self._threads = []
         self._drain_jobs(ErrorCode.MODEL_NOT_READY, 'the node is shutting down or inactive')
 
+    # Settings read at use time, so a new value applies to the next frame or request.
+    LIVE_SETTINGS = frozenset({
+        'reset_threshold_s', 'geometry_rate_hz', 'min_confidence', 'keyframe_budget',
+        'coverage_ratio', 'selection', 'cache_mode', 'max_new_tokens', 'option_decoding',
+        'route_turn_threshold_deg', 'route_max_keyframes', 'route_min_goal_probability'})
+
+    def update_config(self, config: EngineConfig) -> list[str]:
+        """Apply the live settings of ``config`` now; return the names that changed.
+
+        Raises ValueError when a setting outside :data:`LIVE_SETTINGS` differs (those
+        shape the buffer, voxels, queue or graph and need a new engine).
+        """
+        changed = [f.name for f in fields(EngineConfig)
+                   if getattr(config, f.name) != getattr(self.config, f.name)]
+        fixed = [name for name in changed if name not in self.LIVE_SETTINGS]
+        if fixed:
+            raise ValueError(f'cannot change {", ".join(fixed)} on a running engine')
+        with self._lock:
+            for name in changed:
+                setattr(self.config, name, getattr(config, name))
+            self._selection_cache = None  # budget or ratio may have changed
+        self.buffer.set_reset_threshold(config.reset_threshold_s)
+        return changed
+
     def load_models(self, blocking: bool = False) -> None:
         """Load the models in a background thread (or inline with ``blocking``).
 
@@ -344,9 +368,10 @@ class SpatialEngine:
 
     # ------------------------------------------------------------------ geometry
     def _geometry_loop(self) -> None:
-        period = 1.0 / self.config.geometry_rate_hz if self.config.geometry_rate_hz > 0 else 0.0
         epoch = self._stream_epoch
         while not self._stop.is_set():
+            rate = self.config.geometry_rate_hz  # read each frame: it may change live
+            period = 1.0 / rate if rate > 0 else 0.0
             with self._pending_cv:
                 while self._pending is None and not self._stop.is_set():
                     self._pending_cv.wait(0.5)

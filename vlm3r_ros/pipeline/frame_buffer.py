@@ -178,6 +178,12 @@ class FrameBuffer:
         self._added = self._evicted = self._cleared = self._resets = self._dropped = 0
 
     # ----------------------------------------------------------------------- writes
+
+    def set_reset_threshold(self, seconds: float) -> None:
+        """Change the backward stamp jump that clears the buffer (>= 0 s)."""
+        if not seconds >= 0:
+            raise ValueError(f'reset_threshold_s must be >= 0, got {seconds}')
+        self._reset_ns = int(round(seconds * _NS))
     def add(
         self,
         stamp_ns: int,
