@@ -312,8 +312,8 @@ class Vlm3rNode(LifecycleNode):
             if engine.submit_frame(paired.stamp_ns, rgb, depth=paired.depth, intrinsics=K):
                 self._depths.reset_world(paired.stamp_ns)
                 self.get_logger().warning('image stamps went backwards (looping bag?): '
-                                          'buffer, keyframes, trajectory and depth pairing '
-                                          'were reset')
+                                          'buffer, keyframes and trajectory were reset '
+                                          '(and the depth pairing)')
 
     def _poll_depth_pairs(self) -> None:
         self._submit_paired(self._depths.poll(time.monotonic()))
