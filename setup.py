@@ -7,6 +7,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(include=[package_name, f'{package_name}.*']),
+    # The trained embedded default and its model card travel with the package.
+    package_data={f'{package_name}.weights': ['*.safetensors', '*.md', '*.json']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
         (f'share/{package_name}', ['package.xml']),
@@ -25,6 +27,9 @@ setup(
             'vlm3r-replay = vlm3r_ros.tools.replay:main',
             'vlm3r-eval = vlm3r_ros.tools.evaluate:main',
             'vlm3r-map = vlm3r_ros.tools.route_map_cli:main',
+            'vlm3r-dataset = vlm3r_ros.train.dataset:main',
+            'vlm3r-train-geometry = vlm3r_ros.train.train_geometry:main',
+            'vlm3r-eval-geometry = vlm3r_ros.train.eval_geometry:main',
         ],
     },
 )

@@ -20,8 +20,8 @@ def checkpoints(tmp_path_factory):
     """Tiny CUT3R .pth + LLaVA base + VLM-3R adapter, with weights unlike the defaults."""
     root = tmp_path_factory.mktemp('weights')
     torch.manual_seed(123)
-    cut3r = Cut3rModel(Cut3rConfig.tiny()).eval()
-    save_official_layout(cut3r, root / 'cut3r_tiny.pth')
+    cut3r = Cut3rModel(Cut3rConfig.small()).eval()
+    save_official_layout(cut3r, root / 'cut3r_small.pth')
     lmm = Vlm3rModel.random(get_profile('tiny', seed=7), seed=7)
     save_base_checkpoint(lmm, root / 'base')
     save_vlm3r_adapter(lmm, root / 'vlm3r')  # zero-B LoRA: the merge is the identity
@@ -30,11 +30,11 @@ def checkpoints(tmp_path_factory):
 
 def test_bundle_loads_official_layout_and_reproduces_the_writer(checkpoints):
     root, cut3r, lmm = checkpoints
-    bundle = load_bundle(ModelSpec(profile='tiny', cut3r_weights=str(root / 'cut3r_tiny.pth'),
+    bundle = load_bundle(ModelSpec(profile='tiny', cut3r_weights=str(root / 'cut3r_small.pth'),
                                    tiny_weights_path=str(root / 'base'),
                                    lora_path=str(root / 'vlm3r')))
     geom = bundle.new_geometry_stream().step(FRAME)
-    ref = Cut3rStream(cut3r, image_size=(224, 224), resize_mode='stretch').step(FRAME)
+    ref = Cut3rStream(cut3r, image_size=(160, 160), resize_mode='stretch').step(FRAME)
     assert torch.equal(geom.tokens, ref.tokens)
     np.testing.assert_array_equal(geom.pts_world, ref.pts_world)
     tokens = bundle.spatial.encode_frame(FRAME, geom.tokens, geom.pts_world)

@@ -28,8 +28,8 @@ def test_real_profile_matches_reference_shapes() -> None:
 
 def test_tiny_profile_geometry_contract() -> None:
     prof = get_profile('tiny')
-    assert (prof.geometry_dim, prof.geometry_image_size, prof.geometry_patch_size) == (48, 224, 16)
-    assert prof.geometry_num_tokens == 197
+    assert (prof.geometry_dim, prof.geometry_image_size, prof.geometry_patch_size) == (64, 160, 16)
+    assert prof.geometry_num_tokens == 101
     assert prof.vision_grid == 14 and prof.pooled_grid == 7
     assert prof.tokens_per_frame == 56
     assert prof.vision_kept_layers == 2

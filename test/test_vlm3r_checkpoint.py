@@ -32,7 +32,7 @@ def source() -> Vlm3rModel:
 @pytest.fixture(scope='module')
 def inputs(source: Vlm3rModel) -> Inputs:
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    geometry = torch.randn(197, 48, generator=torch.Generator().manual_seed(0))
+    geometry = torch.randn(101, 64, generator=torch.Generator().manual_seed(0))
     flipped = image[::-1].copy()
     frames = [source.encode_frame(image, geometry), source.encode_frame(flipped, geometry)]
     return image, geometry, frames

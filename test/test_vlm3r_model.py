@@ -30,7 +30,7 @@ def _image(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
 
 
 def _geometry(seed: int) -> torch.Tensor:
-    return torch.randn(197, 48, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(101, 64, generator=torch.Generator().manual_seed(seed))
 
 
 def _frames(model: Vlm3rModel, count: int, seed: int = 0) -> list[torch.Tensor]:
@@ -178,8 +178,8 @@ def test_encode_frame_accepts_batched_geometry_and_any_image_size(model: Vlm3rMo
 def test_encode_frame_errors(model: Vlm3rModel) -> None:
     with pytest.raises(ValueError, match='geometry_tokens'):
         model.encode_frame(_image(0), None)
-    with pytest.raises(ValueError, match=r'\(1 \+ P, 48\)'):
-        model.encode_frame(_image(0), torch.zeros(197, 47))
+    with pytest.raises(ValueError, match=r'\(1 \+ P, 64\)'):
+        model.encode_frame(_image(0), torch.zeros(101, 47))
     with pytest.raises(ValueError, match='uint8'):
         model.encode_frame(_image(0).astype(np.float32), _geometry(0))
 

@@ -24,9 +24,6 @@ from vlm3r_ros.eval.scenes import Scene, SceneObject, Trajectory
 FLOOR, CEILING = -1, -2
 WALL_CODES = (-3, -4, -5, -6)  # walls at y=-D/2, x=+W/2, y=+D/2, x=-W/2
 
-_LIGHT = np.array([0.3, 0.45, 0.84], dtype=np.float32)
-_LIGHT /= np.linalg.norm(_LIGHT)
-_FLOOR_RGB = np.array([168.0, 124.0, 84.0], dtype=np.float32)
 _CEILING_RGB = np.array([236.0, 236.0, 230.0], dtype=np.float32)
 
 
@@ -247,6 +244,9 @@ def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, dirs: np.ndarray,
     """Return the uint8 RGB image for cast rays: base colours x lighting x textures."""
     pts = origin + dirs * t[..., None]
     x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
+    sun = np.asarray(scene.light_dir, dtype=np.float32)
+    sun /= max(float(np.linalg.norm(sun)), 1e-6)
+    floor_rgb = np.asarray(scene.floor_rgb, dtype=np.float32)
     rgb = np.empty(t.shape + (3,), dtype=np.float32)
     light = np.empty(t.shape, dtype=np.float32)
 
@@ -259,8 +259,8 @@ def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, dirs: np.ndarray,
         tone = 0.82 + 0.3 * _hash(row, col, 5.0) + 0.08 * _value_noise(fx * 6.0, fy * 25.0, 1.0)
         seam = ((fy / 0.18 - row) < 0.05) | (((fx + offset) / 1.2 - col) < 0.012)
         tone = np.where(seam, tone * 0.55, tone)
-        rgb[floor] = _FLOOR_RGB * tone[:, None]
-        light[floor] = 0.55 + 0.45 * _LIGHT[2]
+        rgb[floor] = floor_rgb * tone[:, None]
+        light[floor] = 0.55 + 0.45 * sun[2]
     ceiling = ids == CEILING
     if ceiling.any():
         cx, cy = x[ceiling] / 0.6, y[ceiling] / 0.6
@@ -285,7 +285,7 @@ def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, dirs: np.ndarray,
         col[trim] *= 0.7
         rgb[wall] = col
         nx, ny = wall_normals[i]
-        light[wall] = 0.6 + 0.4 * max(nx * _LIGHT[0] + ny * _LIGHT[1], 0.0) + 0.1 * (i % 2)
+        light[wall] = 0.6 + 0.4 * max(nx * sun[0] + ny * sun[1], 0.0) + 0.1 * (i % 2)
 
     for obj in scene.objects:
         mask = ids == obj.instance_id
@@ -293,7 +293,7 @@ def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, dirs: np.ndarray,
             continue
         n, local = _object_normals(obj, pts[mask])
         ox, oy, oz = x[mask], y[mask], z[mask]
-        lam = np.maximum(n @ _LIGHT, 0.0)
+        lam = np.maximum(n @ sun, 0.0)
         tone = 0.88 + 0.24 * _value_noise((ox + 0.7 * oz) * 7.0, (oy - 0.5 * oz) * 7.0,
                                           20.0 + obj.instance_id)
         half = np.array(obj.size, dtype=np.float32) / 2.0
@@ -310,7 +310,7 @@ def _shade(scene: Scene, t: np.ndarray, ids: np.ndarray, dirs: np.ndarray,
         rgb[mask] = np.array(obj.rgb, dtype=np.float32) * tone[:, None]
         light[mask] = 0.45 + 0.55 * lam
     # Mild falloff with distance keeps far walls a little darker, like a lit room.
-    light *= 1.0 / (1.0 + 0.015 * t * t)
+    light *= scene.light_gain / (1.0 + 0.015 * t * t)
     out = np.clip(rgb * light[..., None], 0.0, 255.0)
     return out.astype(np.uint8)
 

@@ -41,6 +41,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 
+DEFAULT_LIGHT_DIR: tuple[float, float, float] = (0.3, 0.45, 0.84)
+DEFAULT_FLOOR_RGB: tuple[int, int, int] = (168, 124, 84)
+
+
 @dataclass(frozen=True)
 class CategorySpec:
     """How a category looks and where it goes.
@@ -197,6 +201,11 @@ class Scene:
     objects: tuple[SceneObject, ...]
     wall_colours: tuple[tuple[int, int, int], ...] = field(
         default=((214, 205, 186), (196, 208, 214), (220, 210, 196), (204, 214, 200)))
+    # Lighting and floor finish (defaults: the look of every scene before these existed;
+    # the training-set sampler varies them so that no one look is memorised).
+    light_dir: tuple[float, float, float] = DEFAULT_LIGHT_DIR
+    light_gain: float = 1.0
+    floor_rgb: tuple[int, int, int] = DEFAULT_FLOOR_RGB
 
     @property
     def area(self) -> float:
@@ -241,6 +250,8 @@ class Scene:
                 'world': 'metres, z up, floor z=0, room centred on the origin',
                 'pose': '4x4 camera-to-world, OpenCV camera (x right, y down, z forward)'},
             'wall_colours': [list(c) for c in self.wall_colours],
+            'lighting': {'light_dir': list(self.light_dir), 'light_gain': self.light_gain,
+                         'floor_rgb': list(self.floor_rgb)},
             'counts': self.counts(),
             'objects': [o.to_dict() for o in self.objects],
         }
@@ -249,11 +260,15 @@ class Scene:
     def from_dict(data: dict[str, Any]) -> 'Scene':
         """Rebuild a scene from :meth:`to_dict` output; raises KeyError if incomplete."""
         room = data['room']
+        light = data.get('lighting', {})  # absent in documents written before it existed
         return Scene(
             seed=int(data['seed']), width=float(room['width']), depth=float(room['depth']),
             height=float(room['height']),
             objects=tuple(SceneObject.from_dict(o) for o in data['objects']),
             wall_colours=tuple((int(c[0]), int(c[1]), int(c[2])) for c in data['wall_colours']),
+            light_dir=tuple(float(v) for v in light.get('light_dir', DEFAULT_LIGHT_DIR)),
+            light_gain=float(light.get('light_gain', 1.0)),
+            floor_rgb=tuple(int(v) for v in light.get('floor_rgb', DEFAULT_FLOOR_RGB)),
         )
 
 

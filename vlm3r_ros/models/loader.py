@@ -1,7 +1,8 @@
 """Build the models the engine runs: a CUT3R geometry encoder and the VLM-3R LMM.
 
-Everything loads from local paths (no hub). ``tiny`` builds seeded random weights of the
-real architecture unless trained weights are given; ``vlm3r-7b`` needs local weights and
+Everything loads from local paths (no hub). ``tiny`` loads the trained small CUT3R
+shipped in ``vlm3r_ros/weights`` (or ``cut3r_weights``) and builds its LMM with seeded
+random weights unless trained weights are given; ``vlm3r-7b`` needs local weights and
 fails with a clear message naming what is missing.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.models.profiles import get_profile
 from vlm3r_ros.models.vlm3r.model import Vlm3rModel
 from vlm3r_ros.pipeline.engine import ModelBundle
+from vlm3r_ros.weights import CUT3R_SMALL
 
 TINY_SEED = 0
 
@@ -101,12 +103,17 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
         paths = _weight_paths(spec.tiny_weights_path, 'tiny_weights_path', spec) if spec.tiny_weights_path else {}
         profile = get_profile('tiny', fusion=spec.fusion, device=device, dtype=dtype_name,
                               seed=TINY_SEED, **paths)
-        if spec.cut3r_weights:
-            cut3r = load_cut3r(_existing(spec.cut3r_weights, 'cut3r_weights'), device=device,
+        # The embedded default geometry is the trained small CUT3R shipped in the
+        # package (vlm3r_ros/weights); cut3r_weights replaces it.
+        cut3r_path = spec.cut3r_weights or (str(CUT3R_SMALL) if CUT3R_SMALL.is_file() else '')
+        if cut3r_path:
+            cut3r = load_cut3r(_existing(cut3r_path, 'cut3r_weights'), device=device,
                                dtype=dtype)
         else:
+            # A checkout without the shipped file (it was removed): same architecture,
+            # seeded random weights, so that everything still runs, untrained.
             torch.manual_seed(TINY_SEED)
-            cut3r = Cut3rModel(Cut3rConfig.tiny()).to(device).eval()
+            cut3r = Cut3rModel(Cut3rConfig.small()).to(device).eval()
     elif spec.profile == 'vlm3r-7b':
         profile = get_profile('vlm3r-7b', fusion=spec.fusion, device=device, dtype=dtype_name,
                               **_weight_paths(spec.base_path, 'vlm3r_base_path', spec))
@@ -148,8 +155,10 @@ def _stream_factory(spec: ModelSpec, cut3r: Cut3rModel, size: tuple[int, int]) -
 def onnx_export_path(spec: ModelSpec, size: tuple[int, int]) -> Path:
     """Return where the ONNX export of this CUT3R configuration is cached."""
     import hashlib
-    source = spec.cut3r_weights or f'{spec.profile}-seed{TINY_SEED}'
-    stamp = Path(source).stat().st_mtime_ns if spec.cut3r_weights else 0
-    digest = hashlib.sha256(f'{Path(source).resolve() if spec.cut3r_weights else source}'
+    weights = spec.cut3r_weights or (str(CUT3R_SMALL) if spec.profile == 'tiny'
+                                     and CUT3R_SMALL.is_file() else '')
+    source = weights or f'{spec.profile}-seed{TINY_SEED}'
+    stamp = Path(source).stat().st_mtime_ns if weights else 0
+    digest = hashlib.sha256(f'{Path(source).resolve() if weights else source}'
                             f'|{stamp}|{size}'.encode()).hexdigest()[:16]
     return Path(spec.onnx_cache_dir).expanduser() / f'cut3r_{digest}.onnx'

@@ -170,7 +170,8 @@ _PROFILES: dict[str, Profile] = {
         name='tiny',
         vision_image_size=224, vision_patch_size=16, vision_hidden_size=64,
         vision_intermediate_size=128, vision_num_layers=3, vision_num_heads=4,
-        geometry_dim=48, geometry_image_size=224, geometry_patch_size=16,
+        # Geometry tokens of the shipped small CUT3R (Cut3rConfig.small(): 64 dims, 10x10).
+        geometry_dim=64, geometry_image_size=160, geometry_patch_size=16,
         fusion_num_heads=4,
         llm_hidden_size=64, llm_intermediate_size=128, llm_num_layers=2, llm_num_heads=4,
         llm_num_kv_heads=2, llm_vocab_size=None, llm_max_position_embeddings=8192,

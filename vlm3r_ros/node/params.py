@@ -74,8 +74,9 @@ SPECS: tuple[Spec, ...] = (
     Spec('min_confidence', 0.0, 'Drop pointmap points below this confidence (0: keep all).',
          0.0, 1000.0),
     # Model
-    Spec('model_profile', 'tiny', "tiny: embedded CPU profile (random weights unless paths "
-         "are set); vlm3r-7b: the released model; none: no model.",
+    Spec('model_profile', 'tiny', 'tiny: embedded CPU profile (the shipped trained small '
+         'CUT3R; the LMM is random unless tiny_weights_path is set); vlm3r-7b: the released '
+         'model; none: no model.',
          choices=('tiny', 'vlm3r-7b', 'none'), read_only=True),
     Spec('fusion', 'cross_attention', 'cross_attention: VLM-3R fusion of CUT3R tokens; '
          "position_encoding: Video-3D LLM's 3D position encoding.",
@@ -84,7 +85,8 @@ SPECS: tuple[Spec, ...] = (
          read_only=True),
     Spec('onnx_cache_dir', '~/.cache/vlm3r_ros', 'Where the ONNX export of CUT3R is cached '
          '(geometry_backend onnx).', read_only=True),
-    Spec('cut3r_weights', '', 'Local CUT3R checkpoint (.pth or .safetensors).', read_only=True),
+    Spec('cut3r_weights', '', 'Local CUT3R checkpoint (.pth or .safetensors); empty with '
+         'tiny: the shipped small CUT3R.', read_only=True),
     Spec('vlm3r_base_path', '', 'Local LLaVA-NeXT-Video-7B-Qwen2 directory.', read_only=True),
     Spec('vlm3r_non_lora_path', '', 'Local non_lora_trainables.bin (or .safetensors).',
          read_only=True),

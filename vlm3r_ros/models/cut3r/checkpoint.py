@@ -311,7 +311,8 @@ def load_cut3r(
 
 
 def save_official_layout(
-    model: Cut3rModel, path: PathLike, args_string: Optional[str] = None
+    model: Cut3rModel, path: PathLike, args_string: Optional[str] = None,
+    metadata: Optional[dict[str, str]] = None,
 ) -> Path:
     """Write ``model`` in the official checkpoint layout.
 
@@ -323,6 +324,8 @@ def save_official_layout(
         model: the model to save.
         path: destination; the suffix picks the format.
         args_string: constructor string; defaults to ``model.config.to_official_string()``.
+        metadata: extra string entries for the safetensors header (e.g. the training
+            step); ignored for ``.pth``.
 
     Returns:
         The path written.
@@ -334,7 +337,7 @@ def save_official_layout(
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path),
-                  metadata={'model': args_string})
+                  metadata={**(metadata or {}), 'model': args_string})
     else:
         torch.save({'model': state, 'args': argparse.Namespace(model=args_string), 'epoch': 0},
                    str(path))

@@ -287,6 +287,30 @@ class Cut3rConfig:
             dpt_layer_dims=(8, 16, 24, 32),
         )
 
+    @classmethod
+    def small(cls) -> 'Cut3rConfig':
+        """Return the config of the trained embedded default (``cut3r_small``).
+
+        The official stage-1 layout (linear head, RGB and pose heads, 224-linear
+        constructor) at a size that trains on two CPU cores: encoder 96 x 3, decoders
+        64 x 3, 64 state tokens, 16 pose-memory slots, 160x160 input (10x10 patches).
+        About 3.2M parameters.
+        """
+        return replace(
+            cls.official_224_linear(),
+            img_size=(160, 160),
+            enc_embed_dim=96,
+            enc_depth=3,
+            enc_num_heads=4,
+            ray_enc_num_heads=4,
+            dec_embed_dim=64,
+            dec_depth=3,
+            dec_num_heads=4,
+            state_dec_num_heads=4,
+            state_size=64,
+            local_mem_size=16,
+        )
+
     # ------------------------------------------------------------- conversions
     @classmethod
     def from_official_kwargs(cls, kwargs: dict[str, Any]) -> 'Cut3rConfig':
