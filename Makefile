@@ -3,7 +3,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 RUN := source scripts/env.sh &&
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean dataset train-geometry eval-geometry
+
+# The training recipe of the shipped small CUT3R (vlm3r_ros/weights/MODEL_CARD.md).
+GEOMETRY_DATA ?= data/geometry
+GEOMETRY_OUT ?= out/train_geometry
+GEOMETRY_STEPS ?= 1150
 
 setup:
 	bash scripts/setup.sh
@@ -16,6 +21,19 @@ demo: setup
 
 bench: setup
 	$(RUN) python -m benchmarks.run_all $(ARGS)
+
+dataset: setup
+	$(RUN) vlm3r-dataset --out $(GEOMETRY_DATA) $(DATASET_ARGS)
+
+# Renders the dataset (resumable), then trains (resumable: run again after an interruption).
+train-geometry: dataset
+	$(RUN) vlm3r-train-geometry --data $(GEOMETRY_DATA) --out $(GEOMETRY_OUT) \
+	  --steps $(GEOMETRY_STEPS) $(ARGS)
+	@echo "weights: $(GEOMETRY_OUT)/best.safetensors (make eval-geometry WEIGHTS=... to compare)"
+
+WEIGHTS ?= vlm3r_ros/weights/cut3r_small.safetensors
+eval-geometry: dataset
+	$(RUN) vlm3r-eval-geometry --data $(GEOMETRY_DATA) --weights $(WEIGHTS) $(ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BENCHES = ('keyframes', 'cut3r', 'vlm3r', 'engine')
+BENCHES = ('keyframes', 'cut3r', 'vlm3r', 'engine', 'training')
 
 
 def machine() -> str:

@@ -3,10 +3,12 @@
     python -m vlm3r_ros.tools.demo [--out out/demo] [--profile tiny] [--regenerate]
 
 Generates (or reuses) a small deterministic synthetic bag with ground-truth questions in
-``<out>/data`` (a 24 s walk through a furnished room at 5 Hz, 320x240, camera poses),
-starts vlm3r_node on the embedded default profile, replays the bag into it, asks every
-question through the SpatialQuery service, prints each answer beside the ground truth,
-the per-task scores and the overall score against chance, and calls PlanRoute once.
+``<out>/data`` (a 24 s walk through a furnished room at 5 Hz, 320x240, RGB only: no
+depth, no poses), starts vlm3r_node on the embedded default profile, replays the bag into
+it, asks every question through the SpatialQuery service, prints each answer beside the
+ground truth, the per-task scores and the overall score against chance, compares the
+trajectory the node built from the trained monocular geometry with the true camera path,
+and calls PlanRoute once.
 Results (results.json/.csv, scores.png, answers.jsonl, node.log) go to ``<out>/results``.
 Everything here is :mod:`vlm3r_ros.tools.evaluate`'s machinery; this file only chooses
 the data and prints.
@@ -27,6 +29,7 @@ import numpy as np
 
 from vlm3r_ros.eval.bags import write_bag
 from vlm3r_ros.eval.scenes import Scene, make_scene, make_trajectory
+from vlm3r_ros.eval.trajectory_check import check_trajectory, first_camera_to_world
 from vlm3r_ros.tools.evaluate import (Answer, BagInfo, EvalResult, EvalSetupError, evaluate,
                                       load_bag_dir, open_session, summary_text,
                                       write_results)
@@ -34,8 +37,8 @@ from vlm3r_ros.tools.evaluate import (Answer, BagInfo, EvalResult, EvalSetupErro
 # Scene seed 3 yields questions for all 15 VSI-Bench and VSTI-Bench tasks at this size.
 DEMO_SETTINGS: dict[str, Any] = {
     'scene_seed': 3, 'trajectory_seed': 3, 'qa_seed': 3, 'seconds': 24.0, 'rate_hz': 5.0,
-    'width': 320, 'height': 240, 'per_task': 3, 'storage': 'sqlite3', 'with_pose': True,
-    'with_depth': True}
+    'width': 320, 'height': 240, 'per_task': 3, 'storage': 'sqlite3', 'with_pose': False,
+    'with_depth': False}
 STAMP_FILE = 'demo_settings.json'
 
 
@@ -112,18 +115,51 @@ def honesty_note(result: EvalResult, profile: str, weights_configured: bool) -> 
              f'{100 * report.overall_chance:.1f}%')
     if profile == 'tiny' and not weights_configured:
         return (
-            'PLEASE NOTE: the tiny default profile runs the real CUT3R + VLM-3R architecture '
-            'with UNTRAINED, randomly initialised weights. Its answers are noise: '
+            'PLEASE NOTE: the tiny default profile runs the real CUT3R + VLM-3R architecture. '
+            'Its geometry encoder is TRAINED (the shipped small CUT3R: keyframes, trajectory '
+            'and route above come from its monocular geometry), but its language model is '
+            'still UNTRAINED, randomly initialised, so the answers are noise: '
             f'{unusable_answers(result)} of {ok} answers were not even a valid number or '
-            'option letter (scored 0). Its scores therefore sit at or below chance '
-            f'({score}). They say nothing about VLM-3R; configure trained weights '
+            'option letter (scored 0). The scores therefore sit at or below chance '
+            f'({score}) and say nothing about VLM-3R; configure trained LMM weights '
             '(tiny_weights_path, or model_profile vlm3r-7b with local weights) for '
-            'meaningful scores.')
+            'meaningful answers.')
     return f'Scores of profile {profile}: {score}.'
 
 
-def print_route(response: Any, goal: str, goal_centre: np.ndarray | None) -> None:
-    """Print the PlanRoute result: steps and length, or the error code."""
+def trajectory_report(session: Any, info: BagInfo, timeout_s: float = 5.0) -> str:
+    """Return a line comparing the node's trajectory (``~/trajectory``) with the truth."""
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    got: list[Any] = []
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    sub = session.node.create_subscription(PathMsg, f'{session.node_name}/trajectory',
+                                           got.append, qos)
+    try:
+        end = time.monotonic() + timeout_s
+        while not got and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        session.node.destroy_subscription(sub)
+    if not got or not got[-1].poses:
+        return 'trajectory: none received from the node'
+    points = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z]
+                       for p in got[-1].poses])
+    true_poses = np.asarray(info.doc['trajectory']['poses'], dtype=np.float64)
+    check = check_trajectory(points, true_poses)
+    return (f'trajectory from RGB alone: {check.points} graph nodes, {check.predicted_length_m:.1f} m '
+            f'long (true camera path {check.true_length_m:.1f} m); nodes lie '
+            f'{check.mean_deviation_m:.2f} m (mean) / {check.max_deviation_m:.2f} m (max) from '
+            'the true path, with no alignment fitted')
+
+
+def print_route(response: Any, goal: str, goal_centre: np.ndarray | None,
+                first_pose: np.ndarray | None = None) -> None:
+    """Print the PlanRoute result: steps and length, or the error code.
+
+    ``first_pose`` (the first frame's true camera-to-world pose) maps a path planned in
+    CUT3R's world (RGB only: the first camera) into the scene's world for the check.
+    """
     from vlm3r_ros.pipeline.errors import ErrorCode
     print(f'\nPlanRoute to {goal!r}:')
     if response is None:
@@ -139,8 +175,11 @@ def print_route(response: Any, goal: str, goal_centre: np.ndarray | None) -> Non
     if response.model_steps:
         print('  model steps: ' + '; '.join(_short(s, 40) for s in response.model_steps))
     if goal_centre is not None and response.path.poses:
-        end = response.path.poses[-1].pose.position
-        miss = math.hypot(end.x - goal_centre[0], end.y - goal_centre[1])
+        p = response.path.poses[-1].pose.position
+        end = np.array([p.x, p.y, p.z])
+        if first_pose is not None:
+            end = first_camera_to_world(end, first_pose)
+        miss = math.hypot(end[0] - goal_centre[0], end[1] - goal_centre[1])
         print(f'  the path ends {miss:.2f} m (in the floor plane) from the real {goal[4:]}')
 
 
@@ -176,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         with session:
             result = evaluate(session, info, info.items,
                               on_answer=lambda i, a: print_answer(i, a, len(info.items)))
+            print('\n' + trajectory_report(session, info))
             route = session.plan_route(goal)
-            print_route(route, goal, goal_centre)
+            first_pose = None if info.pose_topic else np.asarray(
+                info.doc['trajectory']['poses'][0], dtype=np.float64)
+            print_route(route, goal, goal_centre, first_pose)
     except (EvalSetupError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from vlm3r_ros.eval.render import scale_intrinsics
 from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
 from vlm3r_ros.models.cut3r.config import Cut3rConfig
 from vlm3r_ros.models.cut3r.model import Cut3rModel
@@ -110,13 +111,7 @@ def predict_constant(seq: Sequence3D, size: tuple[int, int], depth_m: float) -> 
 
 def _model_K(K: np.ndarray, src_hw: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """Return the intrinsics of the 'stretch'-resized model input."""
-    sx, sy = size[1] / src_hw[1], size[0] / src_hw[0]
-    k = K.copy()
-    k[0, 0] *= sx
-    k[1, 1] *= sy
-    k[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
-    k[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
-    return k
+    return scale_intrinsics(K, size[1] / src_hw[1], size[0] / src_hw[0])
 
 
 def true_geometry(seq: Sequence3D, size: tuple[int, int]) -> tuple[np.ndarray, list[np.ndarray]]:
