@@ -8,46 +8,40 @@ own group. A MultiThreadedExecutor runs them.
 
 Lifecycle: configure validates parameters, builds the engine and starts loading the
 model in the background; activate creates subscriptions, services and the action server
-and (re)loads the model; deactivate destroys them and frees model memory; cleanup drops
-the engine and its buffer. With ``autostart`` the node configures and activates itself.
+and (re)loads the model; deactivate answers every call in flight or queued (SHUTTING_DOWN),
+then destroys them and frees model memory; cleanup drops the engine and its buffer;
+shutdown does all of that and ends the process (:mod:`vlm3r_ros.node.process`). With
+``autostart`` the node configures and activates itself. The services and the action live
+in :mod:`vlm3r_ros.node.services`.
 """
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 import threading
 import time
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.ingest.image_codec import ImageDecodeError
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node import params
 from vlm3r_ros.node.ros_convert import (
-    camera_info_to_intrinsics, depth_to_array, diagnostics, finite_or_nan, image_to_rgb,
-    keyframe_markers, ns_to_stamp, points_to_path, pose_msg_to_matrix, route_to_path,
-    stamp_to_ns, transform_to_matrix)
+    camera_info_to_intrinsics, depth_to_array, diagnostics, image_to_rgb, keyframe_markers,
+    points_to_path, pose_msg_to_matrix, stamp_to_ns, transform_to_matrix)
+from vlm3r_ros.node.services import RequestServer, track_responses
 from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
-from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.pairing import DepthPairer, Paired
-from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
-                                         validate_route)
-from vlm3r_ros.srv import PlanRoute, SpatialQuery
 
 STREAM_STATES = {SceneStatus.STREAM_WAITING: 'WAITING', SceneStatus.STREAM_OK: 'OK',
                  SceneStatus.STREAM_STALE: 'STALE'}
@@ -73,8 +67,14 @@ class Vlm3rNode(LifecycleNode):
         self._service_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._subs: list[Any] = []
-        self._servers: list[Any] = []
-        self._action: ActionServer | None = None
+        self._requests: RequestServer | None = None
+        # Set once the shutdown transition ran, and once its change_state response went
+        # out: the process (vlm3r_ros.node.process) then ends.
+        self.finalized = threading.Event()
+        self.shutdown_answered = threading.Event()
+        change_state = getattr(self, '_service_change_state', None)  # rclpy's lifecycle srv
+        if change_state is not None:
+            track_responses(change_state, self._on_change_state_sent)
         self._status_pub = None
         self._diag_pub = None
         self._path_pub = None
@@ -160,22 +160,12 @@ class Vlm3rNode(LifecycleNode):
             pose_type = Odometry if cfg.pose_topic_type == 'odometry' else PoseStamped
             self._subs.append(self.create_subscription(
                 pose_type, cfg.pose_topic, self._on_pose, 50, callback_group=self._ingest_group))
-        self._servers = [
-            self.create_service(SpatialQuery, '~/spatial_query', self._on_query,
-                                callback_group=self._service_group),
-            self.create_service(PlanRoute, '~/plan_route', self._on_plan,
-                                callback_group=self._service_group),
-        ]
-        self._action = ActionServer(
-            self, PlanRouteAction, '~/plan_route_action', execute_callback=self._execute_route,
-            goal_callback=lambda _goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda _handle: CancelResponse.ACCEPT,
-            callback_group=self._service_group)
+        self._requests = RequestServer(self, self._service_group)
         self.get_logger().info(f'active: listening on {self._input_desc()}')
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop subscriptions, services and workers; free model memory if configured to."""
+        """Answer calls in flight, stop subscriptions, services, workers; free the model."""
         self._teardown_io()
         if self.engine is not None:
             self.engine.stop()
@@ -190,23 +180,29 @@ class Vlm3rNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release everything from any state."""
+        """Answer calls in flight, release everything from any state; the process ends."""
         self._teardown_io()
         self._release()
+        self.finalized.set()
         return TransitionCallbackReturn.SUCCESS
 
-    def _teardown_io(self) -> None:
+    def _on_change_state_sent(self) -> None:
+        if self.finalized.is_set():
+            self.shutdown_answered.set()
+
+    def _teardown_io(self, drain_timeout_s: float = 5.0) -> None:
+        """Answer and destroy the services and action, then stop the inputs."""
+        if self._requests is not None:
+            # Every call in flight or queued is answered first (needs a spinning executor).
+            self._requests.close(drain_timeout_s)
+            self._requests = None
         if self._pair_timer is not None:
             self.destroy_timer(self._pair_timer)
             self._pair_timer = None
         self._submit_paired(self._depths.flush())  # frames still waiting for depth
         for sub in self._subs:
             self.destroy_subscription(sub)
-        for srv in self._servers:
-            self.destroy_service(srv)
-        if self._action is not None:
-            self._action.destroy()
-        self._subs, self._servers, self._action = [], [], None
+        self._subs = []
 
     def _release(self) -> None:
         if self._tf_listener is not None:
@@ -372,117 +368,6 @@ class Vlm3rNode(LifecycleNode):
         except ValueError as exc:
             self._reject('pose', exc)
 
-    # ------------------------------------------------------------------ services
-    def _wait(self, future: Any, kind: str) -> QueryResult | RouteResult:
-        assert self.config is not None
-        timeout = self.config.request_timeout_s
-        try:
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            future.cancel()
-            message = f'no answer within request_timeout_s={timeout:g} s'
-            return QueryResult(ErrorCode.TIMEOUT, message) if kind == 'query' \
-                else RouteResult(ErrorCode.TIMEOUT, message)
-
-    def _on_query(self, request: SpatialQuery.Request,
-                  response: SpatialQuery.Response) -> SpatialQuery.Response:
-        started = time.monotonic()
-        result = self._run_query(request)
-        response.success = result.code == ErrorCode.OK
-        response.error_code = int(result.code)
-        response.message = result.message
-        response.answer = result.answer
-        response.value = finite_or_nan(result.value)
-        response.option_index = int(result.option_index)
-        response.keyframe_stamps = [ns_to_stamp(ns) for ns in result.keyframe_stamps_ns]
-        response.coverage = float(result.coverage)
-        response.elapsed_s = time.monotonic() - started
-        if result.code == ErrorCode.OK:
-            self._publish_keyframes(result.keyframe_stamps_ns)
-        return response
-
-    def _run_query(self, request: SpatialQuery.Request) -> QueryResult:
-        engine, cfg = self.engine, self.config
-        if engine is None or cfg is None:
-            return QueryResult(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
-        try:
-            query = validate_query(
-                request.question, list(request.options), request.answer_type,
-                (stamp_to_ns(request.window_start), stamp_to_ns(request.window_end)),
-                int(request.keyframe_budget), max_question_chars=cfg.max_question_chars)
-        except RequestError as exc:
-            return QueryResult(exc.code, exc.message)
-        return self._wait(engine.ask(query), 'query')
-
-    def _fill_route(self, result: RouteResult, out: Any) -> None:
-        out.success = result.code == ErrorCode.OK
-        out.error_code = int(result.code)
-        out.message = result.message
-        out.steps = list(result.steps)
-        out.model_steps = list(result.model_steps)
-        assert self.config is not None
-        out.path = route_to_path(result, self.config.map_frame, self.get_clock().now().to_msg())
-        out.goal_stamp = ns_to_stamp(result.goal_stamp_ns)
-        out.length_m = float(result.length_m)
-        out.elapsed_s = float(result.elapsed_s)
-        if out.success and self._path_pub is not None:
-            self._path_pub.publish(out.path)
-
-    def _route_request(self, goal: str, start: str, feedback: Any = None) -> Any:
-        engine = self.engine
-        if engine is None:
-            return None, RouteResult(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
-        try:
-            route = validate_route(goal, start)
-        except RequestError as exc:
-            return None, RouteResult(exc.code, exc.message)
-        return engine.plan(route, feedback), None
-
-    def _on_plan(self, request: PlanRoute.Request,
-                 response: PlanRoute.Response) -> PlanRoute.Response:
-        started = time.monotonic()
-        future, failure = self._route_request(request.goal, request.start)
-        result = failure or self._wait(future, 'route')
-        self._fill_route(result, response)
-        response.elapsed_s = time.monotonic() - started
-        return response
-
-    def _execute_route(self, goal_handle: Any) -> PlanRouteAction.Result:
-        started = time.monotonic()
-
-        def feedback(stage: str, progress: float) -> None:
-            goal_handle.publish_feedback(PlanRouteAction.Feedback(stage=stage,
-                                                                  progress=float(progress)))
-
-        feedback('queued', 0.0)
-        future, failure = self._route_request(goal_handle.request.goal,
-                                              goal_handle.request.start, feedback)
-        result = failure
-        assert self.config is not None
-        deadline = started + self.config.request_timeout_s
-        while result is None:
-            if goal_handle.is_cancel_requested:
-                future.cancel()
-                goal_handle.canceled()
-                out = PlanRouteAction.Result(error_code=int(ErrorCode.INTERNAL_ERROR),
-                                             message='canceled by the client')
-                out.elapsed_s = time.monotonic() - started
-                return out
-            try:
-                result = future.result(timeout=0.1)
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    future.cancel()
-                    result = RouteResult(ErrorCode.TIMEOUT, 'no route within request_timeout_s')
-        out = PlanRouteAction.Result()
-        self._fill_route(result, out)
-        out.elapsed_s = time.monotonic() - started
-        if result.code == ErrorCode.OK:
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return out
-
     # ------------------------------------------------------------------ status
     def _stream_state(self) -> tuple[int, float | None]:
         assert self.config is not None
@@ -565,31 +450,9 @@ class Vlm3rNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the node until SIGINT/SIGTERM; shut down cleanly (workers joined, model freed)."""
-    rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = Vlm3rNode()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    queue_size = node.get_parameter('request_queue_size').value
-    executor = MultiThreadedExecutor(num_threads=int(queue_size) + 4)
-    executor.add_node(node)
-    node.autostart()
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
-        while not stop.wait(0.1) and spinner.is_alive():
-            pass
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.get_logger().info('shutting down')
-        node._teardown_io()
-        node._release()  # answers queued requests, so waiting service callbacks return
-        executor.shutdown(timeout_sec=2.0)
-        rclpy.try_shutdown()  # wakes a spin still waiting, so its thread can be joined
-        spinner.join(2.0)
-        node.destroy_node()
+    """Run the node until SIGINT/SIGTERM or the shutdown transition; exit 1 on a crash."""
+    from vlm3r_ros.node.process import run_node
+    sys.exit(run_node(Vlm3rNode, args))
 
 
 if __name__ == '__main__':

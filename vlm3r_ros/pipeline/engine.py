@@ -53,8 +53,10 @@ class ModelState(IntEnum):
 class GeometryStream(Protocol):
     """A streaming geometry encoder (CUT3R): state persists across ``step`` calls."""
 
-    def reset(self) -> None:
-        """Forget the streaming state (the next frame becomes the world origin)."""
+    def reset(self, mode: str = 'new_sequence') -> None:
+        """Reset the stream: 'new_sequence' forgets everything (the next frame takes the
+        learnt pose token and becomes the world origin); 'reference' re-initialises only
+        the state and memory, as the official ``reset`` mask."""
 
     def step(self, image: np.ndarray) -> Any:
         """Return a FrameGeometry (pts_world, conf, pose, tokens) for one RGB frame."""
@@ -201,7 +203,7 @@ class SpatialEngine:
             self._threads.append(thread)
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop the workers; queued requests are answered MODEL_NOT_READY."""
+        """Stop the workers; queued requests are answered SHUTTING_DOWN."""
         self._stop.set()
         with self._pending_cv:
             self._pending_cv.notify_all()
@@ -212,7 +214,7 @@ class SpatialEngine:
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads = []
-        self._drain_jobs(ErrorCode.MODEL_NOT_READY, 'the node is shutting down or inactive')
+        self._drain_jobs(ErrorCode.SHUTTING_DOWN, 'the node is deactivating or shutting down')
 
     # Settings read at use time, so a new value applies to the next frame or request.
     LIVE_SETTINGS = frozenset({
@@ -381,7 +383,8 @@ class SpatialEngine:
             with self._lock:
                 bundle, stream = self._bundle, self._stream
                 if epoch != self._stream_epoch and stream is not None:
-                    stream.reset()
+                    # A new timeline: a brand-new sequence, new world frame.
+                    stream.reset(mode='new_sequence')
                     epoch = self._stream_epoch
             if bundle is None or stream is None:
                 continue  # no model: frames stay buffered without geometry

@@ -20,6 +20,7 @@ class ErrorCode(IntEnum):
     TIMEOUT = 6
     GOAL_NOT_FOUND = 7
     UNREACHABLE = 8
+    SHUTTING_DOWN = 9
 
 
 class RequestError(Exception):

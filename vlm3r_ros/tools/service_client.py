@@ -9,6 +9,7 @@ from typing import Any
 import rclpy
 from rclpy.node import Node
 
+from vlm3r_ros.node.services import SERVICE_QOS
 from vlm3r_ros.pipeline.errors import ErrorCode
 
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
@@ -31,7 +32,8 @@ def call_once(srv_type: Any, service: str, request: Any, timeout: float) -> Any 
     rclpy.init(args=[])  # our argv is argparse's, not rcl's
     node: Node = rclpy.create_node('vlm3r_cli')
     try:
-        client = node.create_client(srv_type, service)
+        # Deep response history, as the node's services: see SERVICE_QOS.
+        client = node.create_client(srv_type, service, qos_profile=SERVICE_QOS)
         if not client.wait_for_service(timeout_sec=min(timeout, 10.0)):
             return None
         future = client.call_async(request)
