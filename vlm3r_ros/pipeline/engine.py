@@ -53,10 +53,8 @@ class ModelState(IntEnum):
 class GeometryStream(Protocol):
     """A streaming geometry encoder (CUT3R): state persists across ``step`` calls."""
 
-    def reset(self, mode: str = 'new_sequence') -> None:
-        """Reset the stream: 'new_sequence' forgets everything (the next frame takes the
-        learnt pose token and becomes the world origin); 'reference' re-initialises only
-        the state and memory, as the official ``reset`` mask."""
+    def reset(self) -> None:
+        """Forget the streaming state (the next frame becomes the world origin)."""
 
     def step(self, image: np.ndarray) -> Any:
         """Return a FrameGeometry (pts_world, conf, pose, tokens) for one RGB frame."""
@@ -383,8 +381,7 @@ class SpatialEngine:
             with self._lock:
                 bundle, stream = self._bundle, self._stream
                 if epoch != self._stream_epoch and stream is not None:
-                    # A new timeline: a brand-new sequence, new world frame.
-                    stream.reset(mode='new_sequence')
+                    stream.reset()
                     epoch = self._stream_epoch
             if bundle is None or stream is None:
                 continue  # no model: frames stay buffered without geometry
