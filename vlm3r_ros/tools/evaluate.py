@@ -380,6 +380,7 @@ class NodeSession:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
+        from vlm3r_ros.node.services import SERVICE_QOS
         from vlm3r_ros.srv import PlanRoute, SpatialQuery
         from vlm3r_ros.tools.replay import NodeMonitor
         try:
@@ -394,8 +395,11 @@ class NodeSession:
             self._thread = threading.Thread(target=self._executor.spin, daemon=True)
             self._thread.start()
             self.monitor = NodeMonitor(self.node, self.node_name)
-            self._query = self.node.create_client(SpatialQuery, f'{self.node_name}/spatial_query')
-            self._plan = self.node.create_client(PlanRoute, f'{self.node_name}/plan_route')
+            # Deep client queues: with rclpy's default depth 10 responses can be lost.
+            self._query = self.node.create_client(SpatialQuery, f'{self.node_name}/spatial_query',
+                                                  qos_profile=SERVICE_QOS)
+            self._plan = self.node.create_client(PlanRoute, f'{self.node_name}/plan_route',
+                                                 qos_profile=SERVICE_QOS)
             self._wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
