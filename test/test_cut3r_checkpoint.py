@@ -114,6 +114,71 @@ def test_key_mismatches_are_listed(tiny: Cut3rModel, tmp_path: Path) -> None:
     assert 'register_tokens.weight (checkpoint (5, 64) vs model (16, 64))' in message
 
 
+def _without_state_decoder(tiny: Cut3rModel, tmp_path: Path, name: str,
+                           drop: tuple[str, ...] = ()) -> Path:
+    """Write ``tiny`` in the official .pth layout minus every dec_blocks_state key."""
+    state = {k: v.clone() for k, v in tiny.state_dict().items()
+             if not k.startswith('dec_blocks_state') and k not in drop}
+    path = tmp_path / name
+    args = argparse.Namespace(model=tiny.config.to_official_string())
+    torch.save({'model': state, 'args': args, 'epoch': 0}, path)
+    return path
+
+
+def test_missing_state_decoder_is_copied_from_the_image_decoder(
+    tiny: Cut3rModel, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = _without_state_decoder(tiny, tmp_path, 'no_state_dec.pth')
+    with caplog.at_level('WARNING', logger='vlm3r_ros.models.cut3r.checkpoint'):
+        loaded = load_cut3r(path)
+    assert 'no state decoder (dec_blocks_state)' in caplog.text
+    assert 'as the official loader does' in caplog.text
+    state = loaded.state_dict()
+    image_keys = [k for k in state if k.startswith('dec_blocks.')]
+    assert image_keys
+    for key in image_keys:
+        copy = 'dec_blocks_state.' + key[len('dec_blocks.'):]
+        assert torch.equal(state[copy], state[key]), copy
+        assert state[copy].data_ptr() != state[key].data_ptr()  # a copy, not tied
+    # The network is the official one with the image decoder in both places.
+    expected = Cut3rModel(tiny.config).eval()
+    expected.load_state_dict({**tiny.state_dict(), **{
+        'dec_blocks_state.' + k[len('dec_blocks.'):]: v
+        for k, v in tiny.state_dict().items() if k.startswith('dec_blocks.')}})
+    assert torch.equal(_outputs(loaded), _outputs(expected))
+
+
+def test_anything_else_missing_still_fails_loudly(tiny: Cut3rModel, tmp_path: Path) -> None:
+    path = _without_state_decoder(tiny, tmp_path, 'worse.pth', drop=('dec_norm.weight',))
+    with pytest.raises(CheckpointError, match='1 missing: dec_norm.weight'):
+        load_cut3r(path)
+    # A partial state decoder is not the official case: its missing keys are reported.
+    state = dict(tiny.state_dict())
+    del state['dec_blocks_state.0.mlp.fc1.weight']
+    partial = tmp_path / 'partial.pth'
+    torch.save({'model': state, 'args': argparse.Namespace(
+        model=tiny.config.to_official_string())}, partial)
+    with pytest.raises(CheckpointError, match='missing: dec_blocks_state.0.mlp.fc1.weight'):
+        load_cut3r(partial)
+    # And a mis-shaped image decoder (copied or not) is reported.
+    state = {k: v for k, v in tiny.state_dict().items() if not k.startswith('dec_blocks_state')}
+    state['dec_blocks.0.mlp.fc1.weight'] = torch.zeros(3, 3)
+    shaped = tmp_path / 'shaped.pth'
+    torch.save({'model': state, 'args': argparse.Namespace(
+        model=tiny.config.to_official_string())}, shaped)
+    with pytest.raises(CheckpointError, match='mis-shaped: dec_blocks.0.mlp.fc1.weight'):
+        load_cut3r(shaped)
+
+
+def test_rope_fp16_rounding_is_a_load_option(tiny: Cut3rModel, tmp_path: Path) -> None:
+    path = save_official_layout(tiny, tmp_path / 'tiny.safetensors')
+    assert not load_cut3r(path).rope_fp16_rounding
+    rounded = load_cut3r(path, rope_fp16_rounding=True)
+    assert rounded.rope_fp16_rounding
+    assert not torch.equal(_outputs(rounded), _outputs(tiny))
+    assert torch.allclose(_outputs(rounded), _outputs(tiny), atol=1e-2)
+
+
 def test_wrong_architecture_is_reported(tmp_path: Path) -> None:
     torch.manual_seed(0)
     linear = Cut3rModel(Cut3rConfig.tiny('linear'))

@@ -85,6 +85,32 @@ def test_onnx_stream_matches_pytorch(exported: tuple[Cut3rModel, Path]) -> None:
     assert onnx_stream.state_nbytes == torch_stream.state_nbytes
 
 
+def test_both_resets_match_pytorch_in_onnx(exported: tuple[Cut3rModel, Path]) -> None:
+    """'reference' (state and memory re-initialised, pose read from memory) and
+    'new_sequence' (learnt pose token) give the PyTorch stream's outputs in ONNX too."""
+    model, path = exported
+    torch_stream = Cut3rStream(model, image_size=(224, 224), resize_mode='stretch')
+    onnx_stream = OnnxCut3rStream(path, providers=['CPUExecutionProvider'])
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(5)]
+    got = []
+    for i, frame in enumerate(frames):
+        if i == 2:
+            torch_stream.reset(mode='reference')
+            onnx_stream.reset(mode='reference')
+            # The graph's initial state and memory, read out of it, are the model's.
+            assert _diff(onnx_stream._state[0], model.init_state(1)[0].detach()) < TOLERANCE
+            assert _diff(onnx_stream._mem[0], model.init_mem(1)[0].detach()) < TOLERANCE
+        if i == 4:
+            torch_stream.reset(mode='new_sequence')
+            onnx_stream.reset(mode='new_sequence')
+        a, b = torch_stream.step(frame), onnx_stream.step(frame)
+        assert a.frame_index == b.frame_index
+        assert _diff(a.tokens, b.tokens) < TOLERANCE and _diff(a.pts_world, b.pts_world) < TOLERANCE
+        got.append(b)
+    assert [g.frame_index for g in got] == [0, 1, 2, 3, 0]
+
+
 def test_state_actually_evolves_in_onnx(exported: tuple[Cut3rModel, Path]) -> None:
     _, path = exported
     stream = OnnxCut3rStream(path)

@@ -101,6 +101,8 @@ def test_backwards_time_resets_buffer_keyframes_and_trajectory(bundle, room):
         status = engine.status()
         assert status.buffer_resets == 1 and status.buffer_length == 2
         assert len(engine.coverage) == 2
+        # The stream started a brand-new sequence (not the reference's state-only reset).
+        assert engine._stream.frame_index == 2
     finally:
         engine.stop()
 

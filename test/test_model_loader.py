@@ -75,3 +75,53 @@ def test_onnx_geometry_backend_matches_torch_and_reuses_its_export(tmp_path):
     mtime = exports[0].stat().st_mtime_ns
     load_bundle(ModelSpec(profile='tiny', geometry_backend='onnx', onnx_cache_dir=str(tmp_path)))
     assert exports[0].stat().st_mtime_ns == mtime  # cached, not exported again
+
+
+def test_each_profile_feeds_cut3r_its_own_way(checkpoints):
+    """7B: VLM-3R's input (SigLIP frame -> 432); tiny: the stretch its CUT3R was trained on."""
+    from vlm3r_ros.models.loader import _stream_factory
+    _, cut3r, _ = checkpoints
+    assert get_profile('vlm3r-7b').geometry_resize_mode == 'vlm3r'
+    assert get_profile('tiny').geometry_resize_mode == 'stretch'
+    assert load_bundle(ModelSpec(profile='tiny')).new_geometry_stream().resize_mode == 'stretch'
+    spec = ModelSpec(profile='vlm3r-7b')
+    mode = get_profile('vlm3r-7b').geometry_resize_mode
+    stream = _stream_factory(spec, cut3r, (432, 432), mode)()
+    assert stream.resize_mode == 'vlm3r'
+    got = stream.step(FRAME)
+    ref = Cut3rStream(cut3r, image_size=(432, 432), resize_mode='vlm3r').step(FRAME)
+    stretched = Cut3rStream(cut3r, image_size=(432, 432), resize_mode='stretch').step(FRAME)
+    assert torch.equal(got.tokens, ref.tokens)
+    assert not torch.equal(got.tokens, stretched.tokens)
+
+
+def test_numerics_follow_the_profile_unless_set():
+    assert ModelSpec(profile='vlm3r-7b').resolved_numerics() == 'reference'
+    assert ModelSpec(profile='tiny').resolved_numerics() == 'precise'
+    assert ModelSpec(profile='tiny', numerics='reference').resolved_numerics() == 'reference'
+    assert ModelSpec(profile='vlm3r-7b', numerics='precise').resolved_numerics() == 'precise'
+    # dtype auto: the reference runs float16 on GPU; precise keeps bfloat16; CPU float32.
+    assert ModelSpec(profile='vlm3r-7b').resolved_dtype('cuda') == 'float16'
+    assert ModelSpec(profile='vlm3r-7b', numerics='precise').resolved_dtype('cuda') == 'bfloat16'
+    assert ModelSpec(profile='tiny').resolved_dtype('cuda') == 'bfloat16'
+    assert ModelSpec(profile='vlm3r-7b').resolved_dtype('cpu') == 'float32'
+    assert ModelSpec(profile='vlm3r-7b', dtype='float32').resolved_dtype('cuda') == 'float32'
+    with pytest.raises(ModelConfigError, match='numerics'):
+        ModelSpec(profile='tiny', numerics='fast').resolved_numerics()
+
+
+def test_reference_numerics_switch_rope_rounding_and_tf32():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        precise = load_bundle(ModelSpec(profile='tiny')).new_geometry_stream()
+        assert not precise.model.rope_fp16_rounding
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        reference = load_bundle(ModelSpec(profile='tiny', numerics='reference'))
+        stream = reference.new_geometry_stream()
+        assert stream.model.rope_fp16_rounding
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        # Same weights, slightly different numbers.
+        a, b = precise.step(FRAME).tokens, stream.step(FRAME).tokens
+        assert not torch.equal(a, b) and torch.allclose(a, b, atol=5e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

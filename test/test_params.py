@@ -64,3 +64,15 @@ def test_runtime_changes_are_checked_and_classified():
     assert check_change({'use_sim_time': True}, configured=True) is None  # not ours
     names = {spec.name for spec in SPECS}
     assert LIVE <= names and not any(spec.read_only for spec in SPECS if spec.name in LIVE)
+
+
+def test_numerics_parameter_reaches_the_model_spec():
+    from vlm3r_ros.models.loader import ModelSpec
+    spec = params._BY_NAME['numerics']
+    assert spec.default == 'auto' and spec.read_only
+    assert spec.choices == ('auto', 'reference', 'precise')
+    assert ModelSpec.from_config(params.validate(defaults())).numerics == 'auto'
+    cfg = params.validate({**defaults(), 'numerics': 'reference'})
+    assert ModelSpec.from_config(cfg).resolved_numerics() == 'reference'
+    with pytest.raises(ValueError, match='numerics'):
+        params.validate({**defaults(), 'numerics': 'fast'})

@@ -23,7 +23,9 @@ def test_real_profile_matches_reference_shapes() -> None:
     assert prof.geometry_num_tokens == 730  # camera token + 27 x 27 patches
     assert prof.fusion_num_heads == 18
     assert (prof.llm_hidden_size, prof.llm_num_layers, prof.llm_vocab_size) == (3584, 28, 152064)
-    assert prof.device == 'cuda' and prof.dtype == 'bfloat16'
+    assert prof.device == 'cuda' and prof.dtype == 'float16'
+    # The reference's CUT3R input and numerics.
+    assert prof.geometry_resize_mode == 'vlm3r' and prof.numerics == 'reference'
 
 
 def test_tiny_profile_geometry_contract() -> None:
@@ -34,6 +36,8 @@ def test_tiny_profile_geometry_contract() -> None:
     assert prof.tokens_per_frame == 56
     assert prof.vision_kept_layers == 2
     assert prof.seed is not None and prof.device == 'cpu'
+    # Fed as its small CUT3R was trained (raw frame stretched), with the precise numerics.
+    assert prof.geometry_resize_mode == 'stretch' and prof.numerics == 'precise'
 
 
 def test_pool_modes_change_token_counts() -> None:
@@ -57,6 +61,10 @@ def test_overrides_and_validation() -> None:
         get_profile('tiny', fusion='concat')
     with pytest.raises(ValueError, match='dtype'):
         get_profile('tiny', dtype='int8')
+    with pytest.raises(ValueError, match='geometry_resize_mode'):
+        get_profile('tiny', geometry_resize_mode='crop')
+    with pytest.raises(ValueError, match='numerics'):
+        get_profile('tiny', numerics='fast')
     with pytest.raises(ValueError, match='fusion_num_heads'):
         get_profile('tiny', fusion_num_heads=5)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -17,6 +17,8 @@ POOL_MODES: tuple[str, ...] = ('bilinear', 'average', 'max')
 NEWLINE_POSITIONS: tuple[str, ...] = ('grid', 'frame', 'no_token')
 DTYPES: tuple[str, ...] = ('float32', 'float16', 'bfloat16')
 GEOMETRY_SELECTIONS: tuple[str, ...] = ('all', 'patch_tokens', 'camera_tokens')
+GEOMETRY_RESIZE_MODES: tuple[str, ...] = ('stretch', 'vlm3r')
+NUMERICS: tuple[str, ...] = ('precise', 'reference')
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class Profile:
     geometry_patch_size: int = 16
     # Which geometry tokens the fusion attends to (reference `spatial_tower_select_feature`).
     geometry_select: str = 'all'
+    # How a camera frame becomes the CUT3R input (`cut3r.preprocess` resize modes): 'vlm3r'
+    # is the reference's (SigLIP-processed 384x384 frame, bilinear to geometry_image_size);
+    # 'stretch' a bilinear resize of the raw frame (what the tiny small CUT3R was trained on).
+    geometry_resize_mode: str = 'vlm3r'
     # Fusion of vision and geometry.
     fusion: str = 'cross_attention'
     fusion_num_heads: int = 18
@@ -77,6 +83,10 @@ class Profile:
     # Runtime.
     device: str = 'cpu'
     dtype: str = 'float32'
+    # Numerics: 'reference' = as the official code (float16 on GPU, TF32 matmuls, q/k
+    # rounded to float16 around CUT3R's image-encoder RoPE); 'precise' = bfloat16 on GPU,
+    # no TF32, RoPE exactly in float32.
+    numerics: str = 'precise'
     seed: int | None = None
     max_cached_prefixes: int = 2
     # Local weights (real profile only; tiny builds seeded random weights and its own tokenizer).
@@ -102,6 +112,11 @@ class Profile:
                              f'got {self.geometry_select!r}')
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
+        if self.geometry_resize_mode not in GEOMETRY_RESIZE_MODES:
+            raise ValueError(f'geometry_resize_mode must be one of {GEOMETRY_RESIZE_MODES}, '
+                             f'got {self.geometry_resize_mode!r}')
+        if self.numerics not in NUMERICS:
+            raise ValueError(f'numerics must be one of {NUMERICS}, got {self.numerics!r}')
         if self.projector_type != 'mlp2x_gelu':
             raise ValueError('only the mlp2x_gelu projector is implemented, '
                              f'got {self.projector_type!r}')
@@ -170,8 +185,10 @@ _PROFILES: dict[str, Profile] = {
         name='tiny',
         vision_image_size=224, vision_patch_size=16, vision_hidden_size=64,
         vision_intermediate_size=128, vision_num_layers=3, vision_num_heads=4,
-        # Geometry tokens of the shipped small CUT3R (Cut3rConfig.small(): 64 dims, 10x10).
+        # Geometry tokens of the shipped small CUT3R (Cut3rConfig.small(): 64 dims, 10x10),
+        # fed the way it was trained (raw frame stretched to 160x160).
         geometry_dim=64, geometry_image_size=160, geometry_patch_size=16,
+        geometry_resize_mode='stretch',
         fusion_num_heads=4,
         llm_hidden_size=64, llm_intermediate_size=128, llm_num_layers=2, llm_num_heads=4,
         llm_num_kv_heads=2, llm_vocab_size=None, llm_max_position_embeddings=8192,
@@ -185,7 +202,9 @@ _PROFILES: dict[str, Profile] = {
         fusion_num_heads=18,
         llm_hidden_size=3584, llm_intermediate_size=18944, llm_num_layers=28, llm_num_heads=28,
         llm_num_kv_heads=4, llm_vocab_size=152064, llm_max_position_embeddings=32768,
-        device='cuda', dtype='bfloat16', seed=None,
+        # The reference's input and numerics (fp16, TF32, fp16 RoPE rounding).
+        geometry_resize_mode='vlm3r', device='cuda', dtype='float16', numerics='reference',
+        seed=None,
     ),
 }
 

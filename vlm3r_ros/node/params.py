@@ -94,8 +94,14 @@ SPECS: tuple[Spec, ...] = (
     Spec('tiny_weights_path', '', 'Optional trained weights directory for the tiny profile.',
          read_only=True),
     Spec('device', 'auto', 'Torch device.', choices=('auto', 'cpu', 'cuda'), read_only=True),
-    Spec('dtype', 'auto', 'Model dtype (auto: bfloat16 on GPU, float32 on CPU).',
+    Spec('dtype', 'auto', 'Model dtype (auto: float32 on CPU; on GPU float16 with the '
+         'reference numerics, bfloat16 with the precise ones).',
          choices=('auto', 'float32', 'float16', 'bfloat16'), read_only=True),
+    Spec('numerics', 'auto', "reference: as the official code (float16 on GPU when dtype is "
+         "auto, TF32 matmuls, q/k rounded to float16 around CUT3R's image-encoder RoPE); "
+         'precise: bfloat16 on GPU when dtype is auto, no TF32, RoPE in float32; auto: the '
+         "profile's (vlm3r-7b reference, tiny precise).",
+         choices=('auto', 'reference', 'precise'), read_only=True),
     Spec('cache_mode', 'streaming', 'streaming: geometry once per frame and cached visual '
          'tokens; per_query: the reference way (fresh CUT3R over the keyframes per question).',
          choices=('streaming', 'per_query')),
@@ -167,6 +173,7 @@ class NodeConfig:
     tiny_weights_path: str
     device: str
     dtype: str
+    numerics: str
     cache_mode: str
     geometry_rate_hz: float
     max_new_tokens: int

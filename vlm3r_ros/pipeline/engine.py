@@ -53,8 +53,10 @@ class ModelState(IntEnum):
 class GeometryStream(Protocol):
     """A streaming geometry encoder (CUT3R): state persists across ``step`` calls."""
 
-    def reset(self) -> None:
-        """Forget the streaming state (the next frame becomes the world origin)."""
+    def reset(self, mode: str = 'new_sequence') -> None:
+        """Reset the stream: 'new_sequence' forgets everything (the next frame takes the
+        learnt pose token and becomes the world origin); 'reference' re-initialises only
+        the state and memory, as the official ``reset`` mask."""
 
     def step(self, image: np.ndarray) -> Any:
         """Return a FrameGeometry (pts_world, conf, pose, tokens) for one RGB frame."""
@@ -381,7 +383,8 @@ class SpatialEngine:
             with self._lock:
                 bundle, stream = self._bundle, self._stream
                 if epoch != self._stream_epoch and stream is not None:
-                    stream.reset()
+                    # A new timeline: a brand-new sequence, new world frame.
+                    stream.reset(mode='new_sequence')
                     epoch = self._stream_epoch
             if bundle is None or stream is None:
                 continue  # no model: frames stay buffered without geometry

@@ -44,16 +44,31 @@ class Mlp(nn.Module):
 
 
 def _apply_rope(
-    rope: Optional[RoPE2D], t: torch.Tensor, pos: Optional[torch.Tensor]
+    rope: Optional[RoPE2D], t: torch.Tensor, pos: Optional[torch.Tensor],
+    fp16_rounding: bool = False,
 ) -> torch.Tensor:
-    """Rotate ``t`` in float32 (as the official code does) and cast back."""
+    """Return ``t`` rotated by RoPE at ``pos`` in ``t``'s dtype (``t`` if no RoPE/positions).
+
+    The rotation is computed in float32, as the official decoders and ray-map encoder do.
+    With ``fp16_rounding`` the input is rounded to float16 first and the result to float16
+    before the cast back, as the official image encoder (croco ``blocks.py``) does around
+    its CUDA RoPE kernel (float16 tokens in, float32 arithmetic, float16 out), whatever
+    the model's dtype.
+    """
     if rope is None or pos is None:
         return t
+    if fp16_rounding:
+        return rope(t.to(torch.float16), pos).to(torch.float16).to(t.dtype)
     return rope(t, pos).to(t.dtype)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection and optional 2D RoPE."""
+    """Multi-head self-attention with a fused ``qkv`` projection and optional 2D RoPE.
+
+    ``rope_fp16_rounding`` (default False: RoPE exactly in float32) rounds q and k to
+    float16 around RoPE as the official image encoder does; it has no parameters, so it
+    changes no checkpoint key.
+    """
 
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool = False, rope: Optional[RoPE2D] = None
@@ -65,14 +80,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
+        self.rope_fp16_rounding = False
 
     def forward(self, x: torch.Tensor, xpos: Optional[torch.Tensor]) -> torch.Tensor:
         """Return the attention output for tokens ``x`` ``(B, N, C)`` at ``xpos``."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q = _apply_rope(self.rope, q, xpos)
-        k = _apply_rope(self.rope, k, xpos)
+        q = _apply_rope(self.rope, q, xpos, self.rope_fp16_rounding)
+        k = _apply_rope(self.rope, k, xpos, self.rope_fp16_rounding)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 

@@ -16,12 +16,18 @@ scripts store an ``argparse.Namespace``. Both are read with
 The constructor string is parsed with :mod:`ast` (see ``config.py``), never ``eval``-ed.
 ``.safetensors`` files are read with ``safetensors``; the constructor string may be
 stored in the header metadata under ``'model'``.
+
+Loading is strict with one tolerance, the one the official loader has: a checkpoint
+without any ``dec_blocks_state.*`` key (one saved before CUT3R had a state decoder) gets
+copies of its ``dec_blocks.*`` there, with a logged note. Every other missing,
+unexpected or mis-shaped key still fails (the official loader would skip them silently).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -32,6 +38,7 @@ from vlm3r_ros.models.cut3r.config import ConfigParseError, Cut3rConfig
 from vlm3r_ros.models.cut3r.model import Cut3rModel
 
 PathLike = Union[str, Path]
+LOG = logging.getLogger(__name__)
 
 _MAX_LISTED = 20
 # Builtins that may appear in pickled configs; their constructors are side-effect free.
@@ -237,6 +244,31 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
         raise CheckpointError('checkpoint does not match the model: ' + '; '.join(problems))
 
 
+def fill_state_decoder(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Return ``state`` with ``dec_blocks_state.*`` copied from ``dec_blocks.*`` if absent.
+
+    As the official ``ARCroco3DStereo.load_state_dict``: only when the model has a state
+    decoder and the checkpoint has no ``dec_blocks_state`` key at all; otherwise
+    ``state`` is returned as it is. The copies are clones (not tied to the image decoder).
+
+    Returns:
+        ``(state, number of keys added)``.
+    """
+    wanted = [k for k in model.state_dict() if k.startswith('dec_blocks_state.')]
+    if not wanted or any(k.startswith('dec_blocks_state') for k in state):
+        return state, 0
+    filled = dict(state)
+    added = 0
+    for key in wanted:
+        source = 'dec_blocks.' + key[len('dec_blocks_state.'):]
+        if source in state:
+            filled[key] = state[source].clone()
+            added += 1
+    return filled, added
+
+
 def _check_finite(state: dict[str, torch.Tensor]) -> None:
     """Raise CheckpointError if a floating tensor holds NaN or inf (damaged payload)."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -262,8 +294,12 @@ def load_cut3r(
     config: Optional[Cut3rConfig] = None,
     device: Union[str, torch.device] = 'cpu',
     dtype: torch.dtype = torch.float32,
+    rope_fp16_rounding: bool = False,
 ) -> Cut3rModel:
     """Build a :class:`Cut3rModel` from a checkpoint, strictly.
+
+    A checkpoint without a state decoder (no ``dec_blocks_state.*`` key) is completed
+    from its image decoder, as the official loader does, and a note is logged.
 
     Args:
         path: ``.pth`` (official layout) or ``.safetensors`` file.
@@ -271,6 +307,8 @@ def load_cut3r(
             When both exist they must describe the same network.
         device: where to put the model.
         dtype: backbone dtype (float32, float16 or bfloat16); the head stays float32.
+        rope_fp16_rounding: round q/k to float16 around the image encoder's RoPE as the
+            reference does (see :meth:`Cut3rModel.set_rope_fp16_rounding`).
 
     Returns:
         The model in eval mode with gradients disabled.
@@ -278,7 +316,8 @@ def load_cut3r(
     Raises:
         CheckpointError: unreadable/corrupt file, unsafe pickle content, an
             unparseable or conflicting config, no config at all, non-finite weights,
-            or missing/unexpected/mis-shaped keys.
+            or missing/unexpected/mis-shaped keys (other than a whole missing state
+            decoder).
     """
     state, model_string = read_checkpoint(path)
     if model_string is not None:
@@ -301,10 +340,15 @@ def load_cut3r(
     _check_finite(state)
     with torch.device('meta'):
         model = Cut3rModel(config)
+    state, added = fill_state_decoder(model, state)
+    if added:
+        LOG.warning('%s: checkpoint has no state decoder (dec_blocks_state); copied %d '
+                    'tensors from dec_blocks, as the official loader does', path, added)
     check_state_dict(model, state)
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)
     model.to_inference_dtype(dtype)
+    model.set_rope_fp16_rounding(rope_fp16_rounding)
     model.eval()
     model.requires_grad_(False)
     return model

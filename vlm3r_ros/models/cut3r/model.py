@@ -162,6 +162,24 @@ class Cut3rModel(nn.Module):
         """Return the device of the weights."""
         return self.patch_embed.proj.weight.device
 
+    @property
+    def rope_fp16_rounding(self) -> bool:
+        """Return whether the image encoder rounds q/k to float16 around RoPE."""
+        return any(blk.attn.rope_fp16_rounding for blk in self.enc_blocks)
+
+    def set_rope_fp16_rounding(self, enabled: bool) -> 'Cut3rModel':
+        """Switch the reference's float16 rounding around RoPE; return ``self``.
+
+        The official image encoder (croco ``Block``) casts q and k to float16 before its
+        RoPE kernel and keeps the kernel's float16 output; the ray-map encoder and both
+        decoders (dust3r blocks) rotate in float32. ``enabled=True`` reproduces that on
+        ``enc_blocks`` only, at any model dtype; False (the default) rotates exactly in
+        float32 everywhere. No weights change.
+        """
+        for blk in self.enc_blocks:
+            blk.attn.rope_fp16_rounding = bool(enabled)
+        return self
+
     def to_inference_dtype(self, dtype: torch.dtype) -> 'Cut3rModel':
         """Cast the backbone to ``dtype`` and keep the head in float32; return ``self``."""
         self.to(dtype)

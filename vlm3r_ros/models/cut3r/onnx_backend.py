@@ -15,9 +15,12 @@ outputs
 
 The initial state and memory are constants inside the graph, selected by
 ``is_first``, so the stream only carries ``new_state``/``new_mem`` from one call to the
-next. RoPE angles are computed as ``position * inv_freq`` in the graph, so the pose
-token's position (-1, -1) is exact (a table lookup would wrap around to the last row
-in ONNX ``Gather`` and silently corrupt the pose token and, through it, the state).
+next. A ``'reference'`` reset (state and memory re-initialised, pose still read from
+memory) reads those constants out once by running the graph with ``is_first`` and no
+``update`` (the graph then returns its initial state and memory unchanged). RoPE angles
+are computed as ``position * inv_freq`` in the graph, so the pose token's position
+(-1, -1) is exact (a table lookup would wrap around to the last row in ONNX ``Gather``
+and silently corrupt the pose token and, through it, the state).
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ def default_providers() -> list[str]:
 class OnnxCut3rStream(StreamBase):
     """Stream frames through an exported step graph on ONNX Runtime.
 
-    Same ``reset()``/``step()`` API and outputs as :class:`Cut3rStream`; ``tokens``
+    Same ``reset(mode)``/``step()`` API and outputs as :class:`Cut3rStream`; ``tokens``
     is a CPU tensor.
     """
 
@@ -167,8 +170,9 @@ class OnnxCut3rStream(StreamBase):
         Args:
             onnx_path: graph written by :func:`export_onnx`.
             image_size: preprocessing size; None uses the graph's input size.
-            resize_mode: ``'crop'`` or ``'stretch'``; the preprocessed image must
-                have the graph's input size.
+            resize_mode: ``'crop'``, ``'stretch'`` or ``'vlm3r'`` (see
+                :func:`preprocess.preprocess_image`); the preprocessed image must have
+                the graph's input size.
             providers: ONNX Runtime providers (default: CUDA when available, then CPU).
             patch_size: patch size of the exported model.
         """
@@ -192,6 +196,7 @@ class OnnxCut3rStream(StreamBase):
         self._mem_shape = tuple(int(d) for d in shapes['mem'])
         self._state: Optional[np.ndarray] = None
         self._mem: Optional[np.ndarray] = None
+        self._initial: Optional[tuple[np.ndarray, np.ndarray]] = None
 
     @property
     def providers(self) -> list[str]:
@@ -200,7 +205,8 @@ class OnnxCut3rStream(StreamBase):
 
     @property
     def state_nbytes(self) -> int:
-        """Return the bytes held by the recurrent state and pose memory (0 after reset)."""
+        """Return the bytes held by the recurrent state and pose memory (0 after a
+        ``'new_sequence'`` reset)."""
         return sum(a.nbytes for a in (self._state, self._mem) if a is not None)
 
     def _input_size(self, image: np.ndarray) -> SizeSpec:
@@ -211,6 +217,24 @@ class OnnxCut3rStream(StreamBase):
         """Drop the state and memory arrays."""
         self._state = None
         self._mem = None
+
+    def _reinit_backend(self) -> None:
+        """Set the state and memory to the graph's initial ones (read out once)."""
+        if self._initial is None:
+            h, w = self.input_size
+            feeds: dict[str, np.ndarray] = {
+                'image': np.zeros((1, 3, h, w), np.float32),
+                'state': np.zeros(self._state_shape, np.float32),
+                'mem': np.zeros(self._mem_shape, np.float32),
+                'is_first': np.array([True]),
+                'update': np.array([False]),
+            }
+            if self.with_ray_map:
+                feeds['ray_map'] = np.zeros((1, 6, h, w), np.float32)
+                feeds['use_ray'] = np.zeros(1, np.float32)
+            state, mem = self.session.run(['new_state', 'new_mem'], feeds)
+            self._initial = (state, mem)
+        self._state, self._mem = self._initial[0].copy(), self._initial[1].copy()
 
     def _run(
         self, img: np.ndarray, rays: Optional[np.ndarray], is_first: bool, update: bool

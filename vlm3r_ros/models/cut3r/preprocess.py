@@ -1,6 +1,6 @@
 """Image preprocessing for CUT3R: resize/crop, normalisation, intrinsics and ray maps.
 
-Two resize modes:
+Three resize modes:
 
 * ``'crop'`` follows the official ``load_images``: for ``size == 224`` the short side
   is resized to 224 and the centre 224x224 square is kept; otherwise the long side is
@@ -8,10 +8,16 @@ Two resize modes:
   cropped to 4:3, as the official loader does without ``square_ok``). PIL LANCZOS is
   used when shrinking, BICUBIC when enlarging. The output shape depends on the
   input aspect ratio (640x480 -> 512x384 at size 512).
-* ``'stretch'`` resizes to exactly ``(h, w)`` with bilinear interpolation and no crop,
-  as VLM-3R does before CUT3R (432x432 -> 27x27 patches).
+* ``'stretch'`` resizes the raw frame to exactly ``(h, w)`` with bilinear interpolation
+  and no crop. It is what the tiny profile's small CUT3R was trained on; it is *not*
+  VLM-3R's input (up to 49 grey levels off at edges at 432x432).
+* ``'vlm3r'`` reproduces the frame VLM-3R gives CUT3R: the SigLIP-processed image
+  (squash-resize to ``VLM3R_VISION_SIZE`` = 384 with PIL bicubic, which rounds to 8 bits,
+  then mean = std = 0.5 normalisation), resized bilinearly (half-pixel centres, no
+  antialiasing, like ``F.interpolate``) to ``(h, w)`` (432x432 -> 27x27 patches). The
+  reference runs that last resize in the model dtype (float16); here it is float32.
 
-Both normalise RGB to [-1, 1] (``ImgNorm``: mean 0.5, std 0.5). Preprocessing is
+All normalise RGB to [-1, 1] (``ImgNorm``: mean 0.5, std 0.5). Preprocessing is
 NumPy/PIL only, so the ONNX Runtime path never wakes PyTorch's thread pool (whose
 spinning threads would compete with ONNX Runtime's on small machines).
 """
@@ -25,7 +31,9 @@ import numpy as np
 from PIL import Image
 
 SizeSpec = Union[int, tuple[int, int]]
-RESIZE_MODES = ('crop', 'stretch')
+RESIZE_MODES = ('crop', 'stretch', 'vlm3r')
+#: Side of the SigLIP-processed frame that VLM-3R resizes to the CUT3R input.
+VLM3R_VISION_SIZE = 384
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ def output_size(
             raise ValueError('resize_mode "crop" takes an int (long side, or 224 for square)')
         _, _, (l, t, r, b) = _crop_plan(src_hw[1], src_hw[0], image_size)
         return b - t, r - l
-    if resize_mode == 'stretch':
+    if resize_mode in ('stretch', 'vlm3r'):
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         return int(h), int(w)
     raise ValueError(f'unknown resize_mode {resize_mode!r}; use one of {RESIZE_MODES}')
@@ -141,6 +149,19 @@ def _resize_bilinear(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
 
 
+def _siglip_pixels(arr: np.ndarray, size: int) -> np.ndarray:
+    """Return the SigLIP-processed ``size`` x ``size`` x 3 float32 image in [-1, 1].
+
+    As the reference image processor: PIL bicubic squash-resize of the 8-bit frame (the
+    result is 8-bit again), scale by 1/255, normalise with mean = std = 0.5.
+    """
+    pil = Image.fromarray(arr)
+    if pil.size != (size, size):
+        pil = pil.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = (np.asarray(pil, dtype=np.float64) * (1.0 / 255.0)).astype(np.float32)
+    return (pixels - np.float32(0.5)) / np.float32(0.5)
+
+
 def preprocess_image(
     image: np.ndarray, image_size: SizeSpec, resize_mode: str = 'crop', patch_size: int = 16
 ) -> tuple[np.ndarray, ImageTransform]:
@@ -149,8 +170,9 @@ def preprocess_image(
     Args:
         image: HxWx3 uint8 RGB.
         image_size: int long side for ``'crop'`` (224 = square crop); int or ``(h, w)``
-            for ``'stretch'``.
-        resize_mode: ``'crop'`` (official) or ``'stretch'`` (VLM-3R).
+            for ``'stretch'`` and ``'vlm3r'``.
+        resize_mode: ``'crop'`` (official CUT3R), ``'stretch'`` (raw bilinear resize)
+            or ``'vlm3r'`` (VLM-3R's input: the SigLIP-processed frame, resized).
         patch_size: the output sides must be multiples of it.
 
     Returns:
@@ -174,9 +196,15 @@ def preprocess_image(
             scale=(new_w / src_w, new_h / src_h), offset=(float(box[0]), float(box[1])),
             out_size=(out.shape[0], out.shape[1]),
         )
-    elif resize_mode == 'stretch':
-        h, w = output_size((src_h, src_w), image_size, 'stretch')
-        out = _resize_bilinear(arr.astype(np.float32) / 255.0, h, w)
+    elif resize_mode in ('stretch', 'vlm3r'):
+        h, w = output_size((src_h, src_w), image_size, resize_mode)
+        if resize_mode == 'stretch':
+            out = _resize_bilinear(arr.astype(np.float32) / 255.0, h, w)
+        else:
+            # Normalised first, then resized, in the reference's order; both squash
+            # resizes use half-pixel centres, so they compose to one scale per axis.
+            siglip = _siglip_pixels(arr, VLM3R_VISION_SIZE)
+            out = _resize_bilinear(siglip, h, w)
         transform = ImageTransform(
             scale=(w / src_w, h / src_h), offset=(0.0, 0.0), out_size=(h, w)
         )
@@ -185,8 +213,9 @@ def preprocess_image(
     h, w = transform.out_size
     if h % patch_size or w % patch_size:
         raise ValueError(f'model input {h}x{w} is not a multiple of the patch size {patch_size}')
-    chw = np.ascontiguousarray(out.transpose(2, 0, 1)[None], dtype=np.float32)
-    return (chw - 0.5) / 0.5, transform
+    if resize_mode != 'vlm3r':
+        out = (out.astype(np.float32) - 0.5) / 0.5
+    return np.ascontiguousarray(out.transpose(2, 0, 1)[None], dtype=np.float32), transform
 
 
 def ray_map(intrinsics: np.ndarray, cam_to_ref: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,8 +2,21 @@
 
 The recurrent state (``state_size`` tokens) and the pose memory (``local_mem_size``
 slots) have fixed sizes and only the latest copy is kept, so an arbitrarily long stream
-runs in constant memory. ``reset()`` starts a new sequence: the next frame defines the
-world frame (its camera is the origin), as in the official recurrent inference.
+runs in constant memory.
+
+Two resets (``reset(mode)``):
+
+* ``'new_sequence'`` (:data:`RESET_NEW_SEQUENCE`, the default): a brand-new sequence, as
+  the official rollout's first frame (``i == 0``): initial state and memory, the *learnt*
+  pose token, frame numbering and the known-pose reference start again, and the next
+  frame defines the world frame (its camera is the origin). The engine's world reset
+  (stamps jumping back) uses it.
+* ``'reference'`` (:data:`RESET_REFERENCE`): what the official ``reset`` mask of a view
+  does: the state and the pose memory are re-initialised, but the sequence goes on, so
+  the next frame still *reads its pose token from the (re-initialised) memory* instead of
+  taking the learnt one; frame numbering and the ray-map reference pose carry on. Use it
+  to reproduce a reference rollout that sets ``reset`` on a view (call it right after
+  that view's ``step``, where the official code applies the mask).
 """
 
 from __future__ import annotations
@@ -23,6 +36,12 @@ from vlm3r_ros.models.cut3r.preprocess import (
     relative_pose,
 )
 
+#: Reset to a brand-new sequence (learnt pose token next; new world frame).
+RESET_NEW_SEQUENCE = 'new_sequence'
+#: Reset as the official ``reset`` mask: state and memory only; the pose is read from memory.
+RESET_REFERENCE = 'reference'
+RESET_MODES = (RESET_NEW_SEQUENCE, RESET_REFERENCE)
+
 
 @dataclass
 class FrameGeometry:
@@ -40,7 +59,9 @@ class FrameGeometry:
             VLM-3R consumes; P = 729 at 432x432 with the 512 model). On the model's
             device and in its backbone dtype for PyTorch; float32 on CPU for ONNX Runtime.
         image_size: ``(h, w)`` of the model input.
-        frame_index: index of the frame since the last reset (0 = world frame).
+        frame_index: index of the frame since the last ``'new_sequence'`` reset (0 = the
+            first frame, which takes the learnt pose token; a ``'reference'`` reset does
+            not restart the count).
         used_ray_map: whether known intrinsics + pose were fed as a ray map.
     """
 
@@ -59,8 +80,8 @@ class FrameGeometry:
 class GeometryEncoder(Protocol):
     """What the pipeline needs from a streaming geometry encoder."""
 
-    def reset(self) -> None:
-        """Forget the stream; the next frame starts a new world frame."""
+    def reset(self, mode: str = RESET_NEW_SEQUENCE) -> None:
+        """Reset the stream: ``'new_sequence'`` (new world frame) or ``'reference'``."""
 
     def step(
         self,
@@ -95,14 +116,35 @@ class StreamBase:
         """Return the number of frames processed since the last reset."""
         return self._frame_index
 
-    def reset(self) -> None:
-        """Forget the state and the pose memory; the next frame defines the world frame."""
-        self._frame_index = 0
-        self._reference_pose = None
-        self._reset_backend()
+    def reset(self, mode: str = RESET_NEW_SEQUENCE) -> None:
+        """Reset the stream (see the module docstring for the two modes).
+
+        Args:
+            mode: ``'new_sequence'``: forget everything; the next frame takes the learnt
+                pose token and defines the world frame. ``'reference'``: re-initialise
+                the state and the pose memory only, as the official ``reset`` mask; the
+                next frame reads its pose token from the re-initialised memory. Before
+                any frame both are the same (nothing to reset).
+
+        Raises:
+            ValueError: for another mode.
+        """
+        if mode == RESET_NEW_SEQUENCE:
+            self._frame_index = 0
+            self._reference_pose = None
+            self._reset_backend()
+        elif mode == RESET_REFERENCE:
+            if self._frame_index > 0:
+                self._reinit_backend()
+        else:
+            raise ValueError(f'unknown reset mode {mode!r}; use one of {RESET_MODES}')
 
     def _reset_backend(self) -> None:
         """Drop backend state (implemented by subclasses)."""
+        raise NotImplementedError
+
+    def _reinit_backend(self) -> None:
+        """Set the state and memory to their initial values (implemented by subclasses)."""
         raise NotImplementedError
 
     def _run(
@@ -193,8 +235,10 @@ class Cut3rStream(StreamBase):
         Args:
             model: the network (any device/dtype).
             image_size: see :func:`preprocess.preprocess_image`; ``(432, 432)`` with
-                ``resize_mode='stretch'`` reproduces VLM-3R's input.
-            resize_mode: ``'crop'`` (official) or ``'stretch'``.
+                ``resize_mode='vlm3r'`` reproduces VLM-3R's input (the SigLIP-processed
+                384x384 frame, resized bilinearly to 432x432).
+            resize_mode: ``'crop'`` (official CUT3R), ``'stretch'`` (raw bilinear resize,
+                what the tiny profile's small CUT3R was trained on) or ``'vlm3r'``.
         """
         super().__init__(image_size, resize_mode, model.config.patch_size)
         self.model = model.eval()
@@ -206,9 +250,15 @@ class Cut3rStream(StreamBase):
         self._state = None
         self._mem = None
 
+    def _reinit_backend(self) -> None:
+        """Set the state and memory to the model's initial ones."""
+        with torch.inference_mode():
+            self._state, self._mem = self.model.init_state(1), self.model.init_mem(1)
+
     @property
     def state_nbytes(self) -> int:
-        """Return the bytes held by the recurrent state and pose memory (0 after reset)."""
+        """Return the bytes held by the recurrent state and pose memory (0 after a
+        ``'new_sequence'`` reset)."""
         return sum(t.numel() * t.element_size() for t in (self._state, self._mem) if t is not None)
 
     def _run(
