@@ -1,10 +1,12 @@
 """End to end on a held-out RGB-only bag: the shipped geometry drives keyframes and the
 trajectory of the real node (rclpy + Fast DDS). Fails when geometry quality regresses.
 
-The sequence comes from the test seed range (never trained on). Bounds sit well below
-the values measured when the weights were committed (MODEL_CARD.md), so they are not
-flaky, and well above what the untrained architecture reaches (it collapses keyframe
-coverage to a frame or two and its trajectory wanders off).
+The sequence comes from the test seed range (never trained on). Measured when the weights
+were committed (MODEL_CARD.md): the node's 8 keyframes cover 0.93 of what true-depth
+keyframes cover (the untrained architecture: 0.69), its trajectory lies 0.4-0.8 m from the
+true path. The bounds sit between the two, below the measured values so they are not
+flaky. Depth and pose quality of the same weights are bounded directly, without ROS, in
+test_train_geometry.py.
 """
 import time
 
@@ -34,7 +36,7 @@ BUDGET = 8
 
 @pytest.fixture(scope='module')
 def held_out(tmp_path_factory):
-    spec = sample_sequence(SEED, seconds=14.0, rate_hz=5.0, width=224, height=168)
+    spec = sample_sequence(SEED, seconds=24.0, rate_hz=5.0, width=224, height=168)
     res = write_bag(spec.scene, spec.trajectory, tmp_path_factory.mktemp('rgb') / 'bag_dir',
                     K=spec.K, width=spec.width, height=spec.height, make_qa=False)
     frames = [(stamp, img) for _, stamp, img in read_bag_frames(res.bag_path, [TOPIC_IMAGE])]
@@ -77,13 +79,13 @@ def test_rgb_only_keyframes_and_trajectory_come_from_trained_geometry(held_out):
     true_keys = [voxel_keys(p, 0.1) for p in world]
     ratio = covered(true_keys, chosen) / covered(true_keys, select_keyframes(true_keys, BUDGET))
     assert len(chosen) >= 4, chosen
-    assert ratio >= 0.6, ratio
+    assert ratio >= 0.8, ratio
 
     points = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z]
                        for p in paths[-1].poses])
     check = check_trajectory(points, spec.trajectory.poses)
     assert check.points >= 3
-    assert check.mean_deviation_m <= 0.6, check
+    assert check.mean_deviation_m <= 1.5, check
 
 
 def _true_depths(spec):

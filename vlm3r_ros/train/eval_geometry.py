@@ -141,17 +141,21 @@ def depth_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 
 def pose_scores(pred: np.ndarray, true_rel: np.ndarray) -> dict[str, float]:
-    """Return ATE (m, no alignment) and consecutive-frame RPE (m, deg)."""
-    ate = float(np.sqrt(np.mean(np.sum((pred[:, :3, 3] - true_rel[:, :3, 3]) ** 2, axis=1))))
+    """Return ATE (m, no alignment) over the whole sequence and over its first 12 frames
+    (the longest rollout seen in training), and consecutive-frame RPE (m, deg)."""
+    err = np.sum((pred[:, :3, 3] - true_rel[:, :3, 3]) ** 2, axis=1)
+    ate = float(np.sqrt(np.mean(err)))
+    ate12 = float(np.sqrt(np.mean(err[:12])))
     rpe_t, rpe_r = [], []
     for i in range(len(pred) - 1):
         dp = np.linalg.inv(pred[i]) @ pred[i + 1]
         dt = np.linalg.inv(true_rel[i]) @ true_rel[i + 1]
-        err = np.linalg.inv(dt) @ dp
-        rpe_t.append(float(np.linalg.norm(err[:3, 3])))
-        cos = np.clip((np.trace(err[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+        delta = np.linalg.inv(dt) @ dp
+        rpe_t.append(float(np.linalg.norm(delta[:3, 3])))
+        cos = np.clip((np.trace(delta[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
         rpe_r.append(math.degrees(math.acos(cos)))
-    return {'ate_m': ate, 'rpe_m': float(np.mean(rpe_t)), 'rpe_deg': float(np.mean(rpe_r))}
+    return {'ate_m': ate, 'ate_first12_m': ate12, 'rpe_m': float(np.mean(rpe_t)),
+            'rpe_deg': float(np.mean(rpe_r))}
 
 
 def select_keyframes(keys_per_frame: Sequence[np.ndarray], budget: int) -> list[int]:
@@ -192,31 +196,51 @@ def route_successes(poses_rel: np.ndarray, first_pose: np.ndarray, true_world: n
     return out
 
 
+@dataclass
+class Truth:
+    """What every method is scored against on one sequence (computed once)."""
+
+    depth: np.ndarray
+    keys: list[np.ndarray]
+    reference_cover: int
+    uniform_cover: int
+    poses_rel: np.ndarray
+    goals: list[int]
+    routes_true: list[bool]
+
+
+def prepare_truth(seq: Sequence3D, size: tuple[int, int], budget: int,
+                  routes_per_seq: int) -> Truth:
+    """Return the true geometry, reference keyframe coverage and route goals of ``seq``."""
+    true_depth, true_world = true_geometry(seq, size)
+    keys = [voxel_keys(p, VOXEL_M) for p in true_world]
+    uniform = list(np.linspace(0, len(seq.images) - 1, budget).round().astype(int))
+    rng = np.random.default_rng(seq.seed)
+    goals = sorted(rng.choice(int(0.8 * len(seq.images)), size=routes_per_seq,
+                              replace=False).tolist())
+    return Truth(true_depth, keys, covered(keys, select_keyframes(keys, budget)),
+                 covered(keys, uniform), np.linalg.inv(seq.poses[0]) @ seq.poses, goals,
+                 route_successes(seq.poses, np.eye(4), seq.poses, (0.0, 0.0, 1.0), goals))
+
+
 def evaluate_method(name: str, predict: Callable[[Sequence3D], Prediction],
-                    seqs: Sequence[Sequence3D], size: tuple[int, int], budget: int,
-                    routes_per_seq: int) -> dict[str, Any]:
+                    seqs: Sequence[Sequence3D], truths: Sequence[Truth],
+                    budget: int) -> dict[str, Any]:
     """Return one method's scores over ``seqs`` (means over sequences)."""
     rows = []
-    for seq in seqs:
+    for seq, truth in zip(seqs, truths):
         pred = predict(seq)
-        true_depth, true_world = true_geometry(seq, size)
-        true_keys = [voxel_keys(p, VOXEL_M) for p in true_world]
         pred_keys = [voxel_keys(p.reshape(-1, 3), VOXEL_M) for p in pred.pts_world]
-        ref = covered(true_keys, select_keyframes(true_keys, budget))
-        mine = covered(true_keys, select_keyframes(pred_keys, budget))
-        uniform = covered(true_keys, list(np.linspace(0, len(seq.images) - 1, budget)
-                                          .round().astype(int)))
-        true_rel = np.linalg.inv(seq.poses[0]) @ seq.poses
-        rng = np.random.default_rng(seq.seed)
-        goals = sorted(rng.choice(int(0.8 * len(seq.images)), size=routes_per_seq,
-                                  replace=False).tolist())
-        routes = route_successes(pred.poses, seq.poses[0], seq.poses, (0.0, -1.0, 0.0), goals)
-        routes_true = route_successes(seq.poses, np.eye(4), seq.poses, (0.0, 0.0, 1.0), goals)
-        rows.append({**depth_scores(pred.depth, true_depth), **pose_scores(pred.poses, true_rel),
-                     'coverage_vs_true': mine / max(ref, 1),
-                     'uniform_coverage_vs_true': uniform / max(ref, 1),
+        mine = covered(truth.keys, select_keyframes(pred_keys, budget))
+        routes = route_successes(pred.poses, seq.poses[0], seq.poses, (0.0, -1.0, 0.0),
+                                 truth.goals)
+        ref = max(truth.reference_cover, 1)
+        rows.append({**depth_scores(pred.depth, truth.depth),
+                     **pose_scores(pred.poses, truth.poses_rel),
+                     'coverage_vs_true': mine / ref,
+                     'uniform_coverage_vs_true': truth.uniform_cover / ref,
                      'route_success': float(np.mean(routes)),
-                     'route_success_true_poses': float(np.mean(routes_true))})
+                     'route_success_true_poses': float(np.mean(truth.routes_true))})
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     return {'method': name, 'sequences': len(rows), **summary}
 
@@ -234,8 +258,10 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     cols = [('method', 'method', '{}'), ('abs_rel', 'AbsRel', '{:.3f}'),
             ('delta_1_25', 'δ<1.25', '{:.3f}'), ('abs_rel_med', 'AbsRel (med)', '{:.3f}'),
             ('delta_1_25_med', 'δ<1.25 (med)', '{:.3f}'), ('ate_m', 'ATE m', '{:.3f}'),
+            ('ate_first12_m', 'ATE first 12 frames m', '{:.3f}'),
             ('rpe_m', 'RPE m', '{:.3f}'), ('rpe_deg', 'RPE °', '{:.2f}'),
             ('coverage_vs_true', 'coverage vs true-depth keyframes', '{:.3f}'),
+            ('uniform_coverage_vs_true', 'uniform keyframes, same', '{:.3f}'),
             ('route_success', 'route ≤1 m', '{:.3f}'),
             ('route_success_true_poses', 'route ≤1 m, true poses', '{:.3f}')]
     lines = ['| ' + ' | '.join(c[1] for c in cols) + ' |',
@@ -270,20 +296,20 @@ def main(argv: list[str] | None = None) -> int:
     model = load_cut3r(args.weights)
     size = output_size((1, 1), model.config.img_size, 'stretch')
     seqs = load_sequences(args.data, args.split, args.limit or None)
+    truths = [prepare_truth(s, size, args.budget, args.routes) for s in seqs]
     results = [evaluate_method(f'trained ({args.weights.name})',
-                               lambda s: predict_model(model, s), seqs, size, args.budget,
-                               args.routes)]
+                               lambda s: predict_model(model, s), seqs, truths, args.budget)]
     if not args.no_baselines:
         torch.manual_seed(0)
         untrained = Cut3rModel(Cut3rConfig.from_official_string(
             model.config.to_official_string())).eval()
         results.append(evaluate_method('untrained (same architecture)',
-                                       lambda s: predict_model(untrained, s), seqs, size,
-                                       args.budget, args.routes))
+                                       lambda s: predict_model(untrained, s), seqs, truths,
+                                       args.budget))
         depth = train_median_depth(args.data)
         results.append(evaluate_method(f'constant depth {depth:.2f} m, identity pose',
-                                       lambda s: predict_constant(s, size, depth), seqs, size,
-                                       args.budget, args.routes))
+                                       lambda s: predict_constant(s, size, depth), seqs,
+                                       truths, args.budget))
     frames = sum(len(s.images) for s in seqs)
     meta = {'split': args.split, 'sequences': len(seqs), 'frames': frames,
             'seconds_per_sequence': round(frames / max(len(seqs), 1) / 5.0, 1),
