@@ -37,11 +37,11 @@ def test_drain_waits_for_calls_in_flight_then_quiet():
     gate = CallGate()
     gate.enter()
     gate.close()
+    started = time.monotonic()  # before the timer: its 0.2 s count from here at the latest
     threading.Timer(0.2, gate.leave).start()
-    started = time.monotonic()
     assert gate.drain(quiet_s=0.1, timeout_s=5.0)
     assert time.monotonic() - started >= 0.3  # 0.2 s in flight, then 0.1 s quiet
     gate.enter()  # never leaves
     started = time.monotonic()
     assert not gate.drain(quiet_s=0.1, timeout_s=0.3)
-    assert 0.3 <= time.monotonic() - started < 1.0
+    assert 0.3 <= time.monotonic() - started < 3.0  # loose: a loaded CI machine is slow
