@@ -223,13 +223,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay},
                              {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.lr,
                             betas=(0.9, 0.95))
-    step, best = 0, math.inf
+    step, best, earlier_minutes = 0, math.inf, 0.0
     ckpt_path = out / 'ckpt.pt'
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt['model'])
         opt.load_state_dict(ckpt['optimizer'])
         step, best = int(ckpt['step']), float(ckpt['best_val'])
+        earlier_minutes = float(ckpt.get('minutes', 0.0))  # wall time of earlier legs
         if rank == 0:
             print(f'resumed from {ckpt_path} at step {step}', flush=True)
     weights = LossWeights(cfg.alpha, cfg.pose_weight, cfg.rgb_weight)
@@ -303,6 +304,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 tmp = ckpt_path.with_suffix('.tmp')
                 torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(),
                             'step': step, 'best_val': best,
+                            'minutes': earlier_minutes + (time.monotonic() - started) / 60,
                             'config': json.dumps(dataclasses.asdict(cfg))}, tmp)
                 tmp.replace(ckpt_path)
             if timed_out:
@@ -317,7 +319,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             torch.distributed.broadcast(flag, 0)
             if flag.item():
                 break
-    summary = {'steps': step, 'best_val_loss': best, 'minutes': (time.monotonic() - started) / 60,
+    leg = (time.monotonic() - started) / 60
+    summary = {'steps': step, 'best_val_loss': best, 'minutes': earlier_minutes + leg,
+               'minutes_this_leg': leg,
                'world_size': world, 'device': str(device), 'config': dataclasses.asdict(cfg)}
     if rank == 0:
         (out / 'summary.json').write_text(json.dumps(summary, indent=1), encoding='utf8')
