@@ -43,7 +43,7 @@ from vlm3r_ros.models.cut3r.model import Cut3rModel
 from vlm3r_ros.models.cut3r.preprocess import output_size
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.pipeline.coverage import CoverageIndex
-from vlm3r_ros.pipeline.voxels import voxel_keys
+from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
 from vlm3r_ros.train.dataset import decode_depth, decode_rgb, iter_scene_frames, load_split
 from vlm3r_ros.train.geometry_data import depth_to_points, resize_depth_nearest
@@ -119,9 +119,8 @@ def true_geometry(seq: Sequence3D, size: tuple[int, int]) -> tuple[np.ndarray, l
     depths, world = [], []
     for d, K, pose in zip(seq.depths, seq.Ks, seq.poses):
         dd = resize_depth_nearest(d, size)
-        pts = depth_to_points(dd, _model_K(K, d.shape, size))[dd > 0]
         depths.append(dd)
-        world.append(pts @ pose[:3, :3].T + pose[:3, 3])
+        world.append(points_from_depth(dd, _model_K(K, d.shape, size), pose))
     return np.stack(depths), world
 
 
