@@ -18,6 +18,7 @@ from vlm3r_ros.eval.bags import (TOPIC_CAMERA_INFO, TOPIC_COMPRESSED, TOPIC_IMAG
 from vlm3r_ros.eval.qa import load_qa
 from vlm3r_ros.eval.render import intrinsics
 from vlm3r_ros.eval.scenes import make_scene, make_trajectory
+from vlm3r_ros.eval.scoring import question_type_of
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import stamp_to_ns
 from vlm3r_ros.tools import demo, evaluate
@@ -231,8 +232,10 @@ def test_eval_end_to_end_with_the_tiny_model(tmp_path):
                           '--out', str(out)])
     assert code == evaluate.EXIT_OK
     results = json.loads((out / 'results.json').read_text())
-    assert {t['task'] for t in results['tasks']} == tasks
-    assert all(t['n'] == 1 for t in results['tasks'])
+    # Pooled synthetic tasks are scored under their official sub-types (nf/lr/ud, v1-3).
+    assert {t['task'] for t in results['tasks']} == {question_type_of(i) for i in items}
+    assert sum(t['n'] for t in results['tasks']) == len(items)
+    assert results['parser'] == 'official'
     assert results['errors'] == {'OK': len(items)}
     assert results['run']['model_state'] == 'READY' and results['run']['launched']
     replay = results['run']['replay']

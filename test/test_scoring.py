@@ -58,12 +58,18 @@ def test_mra_rejects_zero_ground_truth():
         mean_relative_accuracy(1.0, 0.0)
 
 
-@pytest.mark.parametrize('text, expected', [
-    ('B', 1.0), ('b', 1.0), ('B.', 1.0), ('B. x1', 1.0), ('  B  ', 1.0),
-    ('A', 0.0), ('x1', 0.0), ('E', 0.0), ('', 0.0), ('The answer is B', 0.0),
+@pytest.mark.parametrize('text, official, lenient', [
+    ('B', 1.0, 1.0), ('b', 1.0, 1.0), ('B.', 1.0, 1.0), ('B. x1', 1.0, 1.0),
+    ('B..', 1.0, 0.0),  # official strips every trailing dot, lenient one
+    ('  B  ', 0.0, 1.0),  # official: a leading space gives an empty first token
+    ('B.\n', 0.0, 1.0),  # official strips the dots before the newline: 'B.'
+    ('A', 0.0, 0.0), ('x1', 0.0, 0.0), ('E', 0.0, 0.0), ('', 0.0, 0.0),
+    ('The answer is B', 0.0, 0.0),
 ])
-def test_exact_letter_match(text, expected):
-    assert score_item(mc('i', 'object_rel_distance', 'B'), text).score == expected
+def test_exact_letter_match(text, official, lenient):
+    item = mc('i', 'object_rel_distance', 'B')
+    assert score_item(item, text).score == official
+    assert score_item(item, text, parser='lenient').score == lenient
 
 
 def test_numeric_parsing_takes_the_first_token():

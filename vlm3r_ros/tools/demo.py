@@ -111,8 +111,8 @@ def honesty_note(result: EvalResult, profile: str, weights_configured: bool) -> 
     """Return the plain statement about what the scores of this profile mean."""
     report = result.report
     ok = result.errors.get('OK', 0)
-    score = (f'overall {100 * report.overall:.1f}% against chance '
-             f'{100 * report.overall_chance:.1f}%')
+    score = (f'overall (combined over both benchmarks, ours) {100 * report.overall:.1f}% '
+             f'against chance {100 * report.overall_chance:.1f}%')
     if profile == 'tiny' and not weights_configured:
         return (
             'PLEASE NOTE: the tiny default profile runs the real CUT3R + VLM-3R architecture. '

@@ -710,10 +710,13 @@ def summary_text(result: EvalResult) -> str:
     """Return the per-task table, overall vs chance and the error counts, for printing."""
     report = result.report
     errors = ', '.join(f'{name} {n}' for name, n in result.errors.items())
+    official = ', '.join(f'{bench} {"n/a" if value is None else f"{100 * value:.1f}%"}'
+                         for bench, value in report.benchmarks.items())
     return '\n'.join([
         report.to_table(),
-        f'overall {100 * report.overall:.1f}% vs chance {100 * report.overall_chance:.1f}% '
-        f'over {len(result.answers)} questions',
+        f'overall by benchmark: {official} over {len(result.answers)} questions '
+        f'(combined, ours: {100 * report.overall:.1f}% vs chance '
+        f'{100 * report.overall_chance:.1f}%)',
         f'responses by code: {errors}'])
 
 
