@@ -40,6 +40,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlm3r_ros.pipeline.answers import official_first_token
+
 VSI_MC_TYPES: tuple[str, ...] = (
     'object_rel_direction_easy', 'object_rel_direction_medium', 'object_rel_direction_hard',
     'object_rel_distance', 'route_planning', 'obj_appearance_order')
@@ -110,11 +112,9 @@ def official_question_type(task: str, options: Sequence[str] = (),
 
 
 def official_token(prediction: str) -> str:
-    """Return the token the official evaluators read from ``prediction`` (see module doc)."""
-    head = prediction.split(' ', 1)[0]  # only ' ' separates; a leading space gives ''
-    while head.endswith('.'):
-        head = head[:-1]
-    return head.strip()
+    """Return the token the official evaluators read from ``prediction`` (see module doc);
+    the node's reference protocol parses with the same function."""
+    return official_first_token(prediction)
 
 
 def official_float(text: Any) -> float | None:

@@ -67,12 +67,23 @@ SPECS: tuple[Spec, ...] = (
     Spec('coverage_ratio', 0.95, 'Stop adding keyframes at this voxel coverage.', 0.01, 1.0),
     Spec('voxel_size_m', 0.1, 'Voxel size for coverage (m).', 0.01, 2.0),
     Spec('keyframe_selection', 'coverage', 'coverage: greedy max 3D coverage; uniform: '
-         'evenly spaced baseline.', choices=('coverage', 'uniform')),
+         'evenly spaced frames with geometry; linspace: the official evaluators\' sampling, '
+         'linspace(0, N-1, budget) cast to int over every buffered frame in the window '
+         '(frames repeat when fewer than the budget).',
+         choices=('coverage', 'uniform', 'linspace')),
     Spec('points_source', 'geometry', 'World points for voxels and 3D position encoding: '
          'the encoder pointmap, or depth + camera_info + pose_topic.',
          choices=('geometry', 'depth')),
     Spec('min_confidence', 0.0, 'Drop pointmap points below this confidence (0: keep all).',
          0.0, 1000.0),
+    # Protocol
+    Spec('protocol', 'product', 'product: the streaming/coverage defaults (each parameter as '
+         'set); reference: the official VSI-Bench/VSTI-Bench evaluation path, fixing '
+         'keyframe_selection linspace, keyframe_budget 32, cache_mode per_query (CUT3R run '
+         'fresh over exactly those frames), option_decoding generate, max_new_tokens 16, '
+         'answer_parser official, numerics reference with dtype auto (float16 on GPU, '
+         'float32 on CPU), store_max_side 0, points_source geometry, fusion cross_attention.',
+         choices=('product', 'reference'), read_only=True),
     # Model
     Spec('model_profile', 'tiny', 'tiny: embedded CPU profile (the shipped trained small '
          'CUT3R; the LMM is random unless tiny_weights_path is set); vlm3r-7b: the released '
@@ -111,6 +122,10 @@ SPECS: tuple[Spec, ...] = (
     Spec('option_decoding', 'constrained', "Multiple-choice answers: constrained = the model's "
          'likeliest option letter (always a valid option); generate = free greedy text parsed '
          'the VSI-Bench way (the benchmark protocol).', choices=('constrained', 'generate')),
+    Spec('answer_parser', 'lenient', "How the answer text becomes value/option_index: lenient "
+         "(first whitespace token, one trailing '.' removed; forgiving for operators) or "
+         "official (the benchmarks' rule: first piece of a split on ' ', every trailing '.' "
+         'removed, then stripped).', choices=('lenient', 'official')),
     # Requests
     Spec('request_queue_size', 4, 'Requests waiting beyond this get BUSY.', 1, 256),
     Spec('request_timeout_s', 60.0, 'A request waiting longer gets TIMEOUT.', 0.1, 3600.0),
@@ -178,6 +193,8 @@ class NodeConfig:
     geometry_rate_hz: float
     max_new_tokens: int
     option_decoding: str
+    answer_parser: str
+    protocol: str
     request_queue_size: int
     request_timeout_s: float
     max_question_chars: int
@@ -215,6 +232,7 @@ class NodeConfig:
             keyframe_budget=self.keyframe_budget, coverage_ratio=self.coverage_ratio,
             selection=self.keyframe_selection, cache_mode=self.cache_mode,
             max_new_tokens=self.max_new_tokens, option_decoding=self.option_decoding,
+            answer_parser=self.answer_parser,
             request_queue_size=self.request_queue_size,
             route_node_spacing_m=self.route_node_spacing_m,
             route_link_radius_m=self.route_link_radius_m,
@@ -229,11 +247,21 @@ class NodeConfig:
 LIVE: frozenset[str] = frozenset({
     'depth_scale', 'depth_tolerance_s', 'stamp_reset_threshold_s', 'keyframe_budget',
     'coverage_ratio', 'keyframe_selection', 'min_confidence', 'cache_mode', 'geometry_rate_hz',
-    'max_new_tokens', 'option_decoding', 'request_timeout_s', 'max_question_chars',
+    'max_new_tokens', 'option_decoding', 'answer_parser', 'request_timeout_s',
+    'max_question_chars',
     'route_max_keyframes', 'route_min_goal_probability', 'route_turn_threshold_deg',
     'stale_timeout_s', 'unload_on_deactivate',
 })
 _BY_NAME = {spec.name: spec for spec in SPECS}
+# What protocol 'reference' fixes: the official VSI-Bench evaluation path (32 frames by
+# linspace over the whole video, CUT3R run fresh over exactly those frames, free greedy
+# generation of 16 tokens parsed the official way, fp16 numerics, frames as decoded).
+REFERENCE_PROTOCOL: dict[str, Any] = {
+    'keyframe_selection': 'linspace', 'keyframe_budget': 32, 'cache_mode': 'per_query',
+    'option_decoding': 'generate', 'max_new_tokens': 16, 'answer_parser': 'official',
+    'numerics': 'reference', 'dtype': 'auto', 'store_max_side': 0,
+    'points_source': 'geometry', 'fusion': 'cross_attention',
+}
 
 
 def check_value(name: str, value: Any) -> None:
@@ -251,11 +279,13 @@ def check_value(name: str, value: Any) -> None:
         parse_up_axis(str(value), external=False)
 
 
-def check_change(changes: dict[str, Any], configured: bool) -> str | None:
+def check_change(changes: dict[str, Any], configured: bool,
+                 protocol: str = 'product') -> str | None:
     """Return why setting ``changes`` is refused, or None when they are accepted.
 
     Every value is validated. On a configured node (inactive or active) only the
-    parameters in :data:`LIVE` may change; the others are read at configure.
+    parameters in :data:`LIVE` may change; the others are read at configure. Under
+    ``protocol`` 'reference' the parameters it fixes keep their reference values.
     """
     for name, value in changes.items():
         try:
@@ -265,6 +295,10 @@ def check_change(changes: dict[str, Any], configured: bool) -> str | None:
         spec = _BY_NAME.get(name)
         if spec is None:
             continue
+        if protocol == 'reference' and name in REFERENCE_PROTOCOL \
+                and value != REFERENCE_PROTOCOL[name]:
+            return (f'parameter {name} is fixed at {REFERENCE_PROTOCOL[name]!r} by protocol '
+                    'reference; start the node with protocol:=product to set it')
         if spec.read_only:
             return (f'parameter {name} is read-only: set it when the node starts '
                     f'(--ros-args -p {name}:=... or the params file)')
@@ -316,10 +350,27 @@ def declare(node: Any) -> None:
             node.declare_parameter(spec.name, spec.default, descriptor(spec))
 
 
+def apply_protocol(values: dict[str, Any]) -> dict[str, Any]:
+    """Return ``values`` with what ``protocol`` fixes applied ('reference': the values of
+    :data:`REFERENCE_PROTOCOL`; 'product': unchanged)."""
+    if values.get('protocol') == 'reference':
+        return {**values, **REFERENCE_PROTOCOL}
+    return dict(values)
+
+
+def protocol_overrides(values: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Return {name: (value as set, value the protocol uses)} where they differ."""
+    if values.get('protocol') != 'reference':
+        return {}
+    return {k: (values[k], v) for k, v in REFERENCE_PROTOCOL.items() if values.get(k) != v}
+
+
 def validate(values: dict[str, Any]) -> NodeConfig:
-    """Return a NodeConfig from raw values; raise ValueError naming a bad parameter."""
+    """Return a NodeConfig from raw values (the protocol's fixed values applied); raise
+    ValueError naming a bad parameter."""
     for spec in SPECS:
         check_value(spec.name, values[spec.name])
+    values = apply_protocol(values)
     config = NodeConfig(**{f.name: values[f.name] for f in fields(NodeConfig)})
     config.up_vector()
     return config

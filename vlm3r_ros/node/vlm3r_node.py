@@ -112,9 +112,21 @@ class Vlm3rNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         cfg = self.config
         loader = None
+        if cfg.protocol == 'reference':
+            self._log_protocol()
         if cfg.model_profile != 'none':
             from vlm3r_ros.models.loader import ModelSpec, load_bundle
-            loader = functools.partial(load_bundle, ModelSpec.from_config(cfg))
+            spec = ModelSpec.from_config(cfg)
+            loader = functools.partial(load_bundle, spec)
+            try:
+                on_cpu = spec.resolved_device() == 'cpu'
+            except Exception:  # noqa: BLE001 - the loader reports a bad device setting
+                on_cpu = False
+            if cfg.protocol == 'reference' and on_cpu:
+                self.get_logger().warning(
+                    'protocol reference on CPU: the model runs float32 (the reference runs '
+                    'float16 on a GPU; CPU float16 matmuls are slow and not what it measured), '
+                    'so answers can differ slightly from the fp16 reference')
             if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
                 sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # process-wide; see the constant
         self.engine = SpatialEngine(cfg.engine_config(), loader)
@@ -223,12 +235,21 @@ class Vlm3rNode(LifecycleNode):
         self._status_pub = self._diag_pub = self._path_pub = self._marker_pub = None
         self._trajectory_pub = None
 
+    def _log_protocol(self) -> None:
+        """Log what protocol 'reference' fixes, naming parameters set otherwise."""
+        raw = {spec.name: self.get_parameter(spec.name).value for spec in params.SPECS}
+        fixed = ', '.join(f'{k}={v!r}' for k, v in params.REFERENCE_PROTOCOL.items())
+        self.get_logger().info(f'protocol reference (the official evaluation path): {fixed}')
+        for name, (was, now) in params.protocol_overrides(raw).items():
+            self.get_logger().info(f'protocol reference uses {name}={now!r} instead of {was!r}')
+
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         """Validate a run-time change; apply live ones now, refuse the rest with a reason."""
         changes = {p.name: p.value for p in parameters}
         config = self.config
-        reason = params.check_change(changes, configured=config is not None)
+        reason = params.check_change(changes, configured=config is not None,
+                                     protocol=config.protocol if config else 'product')
         if reason is None and config is not None:
             new = params.apply_live(config, changes)
             try:

@@ -1,9 +1,15 @@
-"""Prompt building and answer parsing, the VSI-Bench way.
+"""Prompt building and answer parsing.
 
-The same rules serve two callers: the node turns the model's text into response fields,
-and the evaluator scores those fields. VSI-Bench reads the FIRST whitespace-separated
-token of the answer, strips a trailing '.', compares option letters case-insensitively
-and parses numbers with ``float()``; anything else is "no value".
+Two parsers turn the model's text into response fields (``value``, ``option_index``):
+
+* lenient (:func:`parse_answer`, the node's default, operator-facing): the first
+  whitespace-separated token, one trailing '.' removed, option letters
+  case-insensitive, numbers with ``float()``. It forgives a leading space or a newline.
+* official (:func:`parse_answer_official`, the reference protocol and ``vlm3r-eval``'s
+  scoring): the official evaluators' rule, first piece of a split on ' ' only, every
+  trailing '.' removed, then stripped (see :func:`official_first_token`).
+
+Anything else is "no value".
 """
 from __future__ import annotations
 
@@ -121,3 +127,45 @@ def parse_answer(text: str, options: Sequence[str] = ()) -> ParsedAnswer:
         if candidate < len(options):
             index = candidate
     return ParsedAnswer(text=text.strip(), value=parse_number(token), option_index=index)
+
+
+ANSWER_PARSERS = ('lenient', 'official')
+
+
+def official_first_token(text: str) -> str:
+    """Return the token the official VSI-Bench/VSTI-Bench evaluators read: the text up to
+    the first ' ' (only the space character splits), every trailing '.' removed, then
+    stripped. A leading space gives '' and 'A.\\n' gives 'A.' (the dots go before the
+    newline does)."""
+    head = text.split(' ', 1)[0]
+    while head.endswith('.'):
+        head = head[:-1]
+    return head.strip()
+
+
+def parse_answer_official(text: str, options: Sequence[str] = ()) -> ParsedAnswer:
+    """Parse a model answer with the official evaluators' rule (benchmark mode).
+
+    The model's text is stripped first (the reference strips the decoded output), then
+    :func:`official_first_token` is read: an option index when it is one of the options'
+    letters (case-insensitive), a value when ``float()`` reads it as a finite number.
+    Never raises.
+    """
+    text = text.strip()
+    token = official_first_token(text)
+    index = -1
+    if options and len(token) == 1 and token.upper() in string.ascii_uppercase:
+        candidate = string.ascii_uppercase.index(token.upper())
+        if candidate < len(options):
+            index = candidate
+    return ParsedAnswer(text=text, value=parse_number(token), option_index=index)
+
+
+def parse_answer_with(parser: str, text: str, options: Sequence[str] = ()) -> ParsedAnswer:
+    """Parse with ``parser``: 'lenient' (:func:`parse_answer`, the operator-facing default)
+    or 'official' (:func:`parse_answer_official`). Raises ValueError for another name."""
+    if parser == 'lenient':
+        return parse_answer(text, options)
+    if parser == 'official':
+        return parse_answer_official(text, options)
+    raise ValueError(f'answer parser must be one of {ANSWER_PARSERS}, got {parser!r}')

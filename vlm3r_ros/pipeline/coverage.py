@@ -138,6 +138,22 @@ def uniform_select(frame_ids_in_time_order: Sequence[int], budget: int) -> list[
     return [ids[i] for i in idx]
 
 
+def reference_sample(frame_ids_in_time_order: Sequence[int], budget: int) -> list[int]:
+    """Return the frames the official VSI-Bench evaluation feeds: the ids at
+    ``linspace(0, n - 1, budget)`` cast to int, over every frame given.
+
+    Unlike :func:`uniform_select` the result always has ``budget`` entries: with fewer
+    frames than ``budget`` some repeat, as the reference's decoder returns them. Empty
+    input gives []. Raises ValueError for a budget below 1.
+    """
+    if int(budget) != budget or budget < 1:
+        raise ValueError(f'budget must be a positive integer, got {budget}')
+    ids = list(frame_ids_in_time_order)
+    if not ids:
+        return []
+    return [ids[i] for i in np.linspace(0, len(ids) - 1, int(budget), dtype=int)]
+
+
 @dataclass(slots=True)
 class _Entry:
     stamp_ns: int

@@ -26,9 +26,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from vlm3r_ros.pipeline.answers import (build_prompt, option_letter, parse_answer,
+from vlm3r_ros.pipeline.answers import (build_prompt, option_letter, parse_answer_with,
                                          strip_option_label)
-from vlm3r_ros.pipeline.coverage import CoverageIndex, Selection, uniform_select
+from vlm3r_ros.pipeline.coverage import (CoverageIndex, Selection, reference_sample,
+                                          uniform_select)
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
 from vlm3r_ros.pipeline.poses import PoseHistory
@@ -103,10 +104,13 @@ class EngineConfig:
     points_source: str = 'geometry'  # 'geometry' (CUT3R pointmap) or 'depth'
     keyframe_budget: int = 32
     coverage_ratio: float = 0.95
-    selection: str = 'coverage'  # 'coverage' or 'uniform'
+    # 'coverage', 'uniform' (evenly spaced frames with geometry) or 'linspace' (the official
+    # evaluators' linspace(0, N - 1, budget) over every buffered frame, repeats included).
+    selection: str = 'coverage'
     cache_mode: str = 'streaming'  # 'streaming' or 'per_query'
     max_new_tokens: int = 16
     option_decoding: str = 'constrained'  # 'constrained' (likeliest letter) or 'generate'
+    answer_parser: str = 'lenient'  # 'lenient' (operator-facing) or 'official' (benchmarks)
     request_queue_size: int = 4
     route_node_spacing_m: float = 0.25
     route_link_radius_m: float = 0.6
@@ -184,6 +188,10 @@ class SpatialEngine:
         self._answered = 0
         self._selection_cache: Selection | None = None  # default selection, for status
         self._load_thread: threading.Thread | None = None
+        # per_query: the last keyframe set's fresh-state visual tokens (key, tokens); the
+        # same frames through a fresh CUT3R give the same tokens, so a second question on
+        # them skips the recomputation (cleared whenever the model changes).
+        self._per_query_tokens: tuple[Any, list[Any]] | None = None
 
     def _new_graph(self) -> TrajectoryGraph:
         return TrajectoryGraph(node_spacing_m=self.config.route_node_spacing_m,
@@ -220,7 +228,8 @@ class SpatialEngine:
     LIVE_SETTINGS = frozenset({
         'reset_threshold_s', 'geometry_rate_hz', 'min_confidence', 'keyframe_budget',
         'coverage_ratio', 'selection', 'cache_mode', 'max_new_tokens', 'option_decoding',
-        'route_turn_threshold_deg', 'route_max_keyframes', 'route_min_goal_probability'})
+        'answer_parser', 'route_turn_threshold_deg', 'route_max_keyframes',
+        'route_min_goal_probability'})
 
     def update_config(self, config: EngineConfig) -> list[str]:
         """Apply the live settings of ``config`` now; return the names that changed.
@@ -276,6 +285,7 @@ class SpatialEngine:
             self._forget_geometry()
         with self._lock:
             self._bundle = bundle
+            self._per_query_tokens = None
             self._stream = bundle.new_geometry_stream()
             self._model_state = ModelState.READY
         # Frames buffered while loading get geometry as the worker reaches them.
@@ -294,6 +304,7 @@ class SpatialEngine:
         """Free the models and every cached token (memory goes back to the device)."""
         with self._lock:
             bundle, self._bundle, self._stream = self._bundle, None, None
+            self._per_query_tokens = None
             if self._loader is not None:
                 self._model_state = ModelState.UNLOADED
         for record in self.buffer.snapshot():
@@ -525,10 +536,13 @@ class SpatialEngine:
     # ------------------------------------------------------------------ keyframes
     def select_keyframes(self, budget: int = 0, window_ns: tuple[int, int] | None = None
                          ) -> Selection:
-        """Return the keyframes for a question: max coverage (or uniform) over the window."""
+        """Return the keyframes for a question: max coverage (uniform, or the reference's
+        linspace) over the window."""
         budget = budget or self.config.keyframe_budget
         if self.config.selection == 'uniform':
             return self._uniform_selection(budget, window_ns)
+        if self.config.selection == 'linspace':
+            return self._linspace_selection(budget, window_ns)
         return self.coverage.select(budget=budget, ratio=self.config.coverage_ratio,
                                     window_ns=window_ns)
 
@@ -538,6 +552,16 @@ class SpatialEngine:
         picked = [r for r in records if r.frame_id in chosen]
         return Selection(frame_ids=[r.frame_id for r in picked],
                          stamps_ns=[r.stamp_ns for r in picked], covered=0, total=0,
+                         ratio=0.0, gains=[])
+
+    def _linspace_selection(self, budget: int, window_ns: tuple[int, int] | None) -> Selection:
+        """The official evaluators' frames: ``linspace(0, N - 1, budget)`` cast to int over
+        every buffered frame in the window, with or without geometry; with fewer than
+        ``budget`` frames some repeat (the reference decodes them twice)."""
+        records = self._records_in(window_ns)
+        ids = reference_sample([r.frame_id for r in records], budget)
+        stamp = {r.frame_id: r.stamp_ns for r in records}
+        return Selection(frame_ids=ids, stamps_ns=[stamp[i] for i in ids], covered=0, total=0,
                          ratio=0.0, gains=[])
 
     def _records_in(self, window_ns: tuple[int, int] | None) -> list[FrameRecord]:
@@ -561,12 +585,17 @@ class SpatialEngine:
         if self.config.cache_mode == 'streaming' and all(r.tokens is not None for r in records):
             return records, [r.tokens for r in records], tuple(r.frame_id for r in records)
         # per_query (the reference's way): fresh geometry state over the keyframes only.
+        cache_key = (id(bundle), self.config.points_source, tuple(r.frame_id for r in records))
+        cached = self._per_query_tokens
+        if cached is not None and cached[0] == cache_key:
+            return records, list(cached[1]), None
         stream = bundle.new_geometry_stream()
         tokens = []
         for record in records:
             geom = stream.step(record.image)
             points = self._world_points(record, geom, np.asarray(geom.pose))
             tokens.append(bundle.spatial.encode_frame(record.image, geom.tokens, points))
+        self._per_query_tokens = (cache_key, tokens)
         return records, tokens, None
 
     def _window(self, window_ns: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -598,7 +627,7 @@ class SpatialEngine:
         else:
             text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens,
                                          prefix_key=key)
-        parsed = parse_answer(text, request.options)
+        parsed = parse_answer_with(self.config.answer_parser, text, request.options)
         return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
                            [r.stamp_ns for r in records], selection.ratio)
 
