@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         '',
     ]
     sections.append(load_test_section())
+    # The GPU section: measured on a device machine (benchmarks/results/gpu_realsize.json,
+    # committed from a benchmarks/gpu_oneshot.sh run), or how to measure it.
+    from benchmarks.gpu_report import section as gpu_section
+    sections.append(gpu_section().rstrip() + '\n')
     args.out.write_text('\n'.join(header) + '\n' + '\n'.join(s for s in sections if s))
     print(f'[bench] wrote {args.out}')
     return 1 if failed else 0

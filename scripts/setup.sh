@@ -4,6 +4,9 @@
 # builds the msg/srv/action interfaces with rosidl into build/install, and makes both
 # the checkout and the generated interfaces importable from the venv.
 # Idempotent: each step is skipped when its inputs have not changed (about 1 s then).
+# VLM3R_OFFLINE=1: the venv's packages were installed by the caller (no registry reached, no
+# pip in the venv needed; scripts/device_ros_env.sh on a GPU machine): only the interfaces
+# are built and the import paths written.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +24,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 req_hash="$(hash_of "$root"/requirements/*.txt)"
-if [ "$(cat "$venv/.vlm3r_requirements" 2>/dev/null)" != "$req_hash" ]; then
+offline="${VLM3R_OFFLINE:-0}"
+if [ "$offline" = 1 ]; then
+  say 'offline: Python packages installed by the caller'
+elif [ "$(cat "$venv/.vlm3r_requirements" 2>/dev/null)" != "$req_hash" ]; then
   say 'installing Python packages (torch CPU, transformers, ROS 2 Kilted wheels, ...)'
   "$py" -m pip install -q --upgrade pip
   # torch first and pinned: any other spec would pull multi-GB CUDA packages.
@@ -36,7 +42,8 @@ site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 py_ver="$("$py" -c 'import sys; print(f"{sys.version_info.major}.{sys.version_info.minor}")')"
 
 # 2. The wheels' CMake exports name include paths of the machine they were built on.
-wheel_py="/opt/python/cp311-cp311"
+py_tag="cp$("$py" -c 'import sys; print(f"{sys.version_info.major}{sys.version_info.minor}")')"
+wheel_py="/opt/python/$py_tag-$py_tag"
 py_include="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
 np_include="$("$py" -c 'import numpy; print(numpy.get_include())')"
 link_if_missing() {  # target link
@@ -81,7 +88,9 @@ fi
 # generated interfaces), then the generated site-packages. Entry points as console scripts.
 gen_site="$install/lib/python$py_ver/site-packages"
 printf '%s\n%s\n' "$root" "$gen_site" > "$site/vlm3r_ros_paths.pth"
-if [ ! -x "$venv/bin/vlm3r-ask" ] || [ "$root/setup.py" -nt "$venv/.vlm3r_entry_points" ]; then
+if [ "$offline" = 1 ]; then
+  :  # no console scripts: run the tools with python -m
+elif [ ! -x "$venv/bin/vlm3r-ask" ] || [ "$root/setup.py" -nt "$venv/.vlm3r_entry_points" ]; then
   say 'installing entry points'
   "$py" -m pip install -q --no-deps --no-build-isolation -e "$root" \
     --config-settings editable_mode=compat > "$venv/.vlm3r_pip.log" 2>&1 \
