@@ -1,9 +1,15 @@
-"""vlm3r-eval: score a vlm3r_node on a bag's ground-truth questions (VSI-Bench rules).
+"""vlm3r-eval: score a vlm3r_node on ground-truth questions (official VSI-Bench rules).
 
-    vlm3r-eval BAG_DIR [--node /vlm3r_node] [--launch] [--profile tiny] [--rate 0] [--pace auto]
-               [--out DIR] [--tasks T ...] [--limit N] [--param NAME:=VALUE ...]
+    vlm3r-eval DATA_DIR [--node /vlm3r_node] [--launch] [--profile tiny] [--rate 0]
+               [--pace auto] [--out DIR] [--tasks T ...] [--limit N] [--param NAME:=VALUE ...]
+               [--protocol product|reference] [--parser official|lenient]
+               [--benchmark auto|vsibench|vstibench] [--videos DIR] [--stream sampled|all]
 
-BAG_DIR is what :func:`vlm3r_ros.eval.bags.write_bag` writes: ``bag/`` and ``qa.json``.
+DATA_DIR is either a VSI-Bench / VSTI-Bench download in its published layout (question
+table and videos; see :mod:`vlm3r_ros.tools.benchmark_eval`) or a bag directory.
+
+A bag directory is what :func:`vlm3r_ros.eval.bags.write_bag` writes: ``bag/`` and
+``qa.json``.
 The tool replays the bag into the node (paced by the node's status so no frame is lost),
 waits until the geometry encoder has caught up, asks every question through the node's
 ``spatial_query`` service (the item's options and answer type), scores the answers
@@ -173,7 +179,8 @@ def params_file() -> Path | None:
 
 
 def node_parameters(info: BagInfo, profile: str, namespace: str = '',
-                    overrides: dict[str, str] | None = None) -> dict[str, str]:
+                    overrides: dict[str, str] | None = None,
+                    protocol: str = 'product') -> dict[str, str]:
     """Return the ``-p`` parameters (as text) for a node fed with ``info``'s bag.
 
     Topics are prefixed with ``namespace`` (the replay remaps them the same way). Besides
@@ -185,6 +192,7 @@ def node_parameters(info: BagInfo, profile: str, namespace: str = '',
     ns = namespace.rstrip('/')
     params = {
         'model_profile': profile,
+        'protocol': protocol,
         'image_topic': ns + info.image_base,
         'image_transport': info.transport,
         'qos_reliability': 'reliable',
@@ -588,11 +596,19 @@ class NodeSession:
             return None
         return future.result()
 
-    def ask(self, item: QAItem, budget: int = 0, timeout_s: float = 120.0) -> Answer:
-        """Ask one question through the SpatialQuery service; return its :class:`Answer`."""
+    def ask(self, item: QAItem, budget: int = 0, timeout_s: float = 120.0,
+            window_ns: tuple[int, int] | None = None) -> Answer:
+        """Ask one question through the SpatialQuery service; return its :class:`Answer`.
+
+        ``window_ns`` (start, end) limits the keyframes to frames stamped in it.
+        """
+        from vlm3r_ros.node.ros_convert import ns_to_stamp
         from vlm3r_ros.srv import SpatialQuery
         request = SpatialQuery.Request(question=item.question, options=list(item.options),
                                        answer_type=item.answer_type, keyframe_budget=budget)
+        if window_ns is not None:
+            request.window_start = ns_to_stamp(window_ns[0])
+            request.window_end = ns_to_stamp(window_ns[1])
         started = time.monotonic()
         response = self._call(self._query, request, timeout_s)
         if response is None:
@@ -646,15 +662,18 @@ def ask_all(session: NodeSession, items: Sequence[QAItem], budget: int = 0,
     return answers
 
 
-def score_answers(answers: Sequence[Answer]) -> Report:
-    """Return the VSI-Bench :class:`Report` of ``answers`` (errors score 0, as missing)."""
-    return score_items([a.item for a in answers], {a.item.id: a.prediction for a in answers})
+def score_answers(answers: Sequence[Answer], parser: str = 'official') -> Report:
+    """Return the :class:`Report` of ``answers`` (errors score 0, as missing), parsed with
+    the official evaluators' rule unless ``parser`` is 'lenient'."""
+    return score_items([a.item for a in answers], {a.item.id: a.prediction for a in answers},
+                       parser=parser)
 
 
 def evaluate(session: NodeSession, info: BagInfo, items: Sequence[QAItem], *,
              rate: float = 0.0, budget: int = 0, timeout_s: float = 120.0,
              remaps: dict[str, str] | None = None, pace: str = 'auto',
-             on_answer: Callable[[int, Answer], None] | None = None) -> EvalResult:
+             on_answer: Callable[[int, Answer], None] | None = None,
+             parser: str = 'official') -> EvalResult:
     """Replay ``info``'s bag into the session's node, ask ``items`` and score them.
 
     Raises EvalSetupError when the node dies on the way, ValueError when ``items`` is
@@ -678,7 +697,7 @@ def evaluate(session: NodeSession, info: BagInfo, items: Sequence[QAItem], *,
     started = time.monotonic()
     answers = ask_all(session, items, budget, timeout_s, on_answer)
     ask_s = time.monotonic() - started
-    report = score_answers(answers)
+    report = score_answers(answers, parser)
     status = session.monitor.status
     run = {'bag_dir': str(info.bag_dir), 'node': session.node_name,
            'launched': session.launched is not None,
@@ -724,7 +743,26 @@ def summary_text(result: EvalResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser."""
     parser = argparse.ArgumentParser(prog='vlm3r-eval', description=__doc__.splitlines()[0])
-    parser.add_argument('bag_dir', type=Path, help='directory with bag/ and qa.json')
+    parser.add_argument('bag_dir', type=Path, metavar='DATA_DIR',
+                        help='directory with bag/ and qa.json, or a VSI-Bench / VSTI-Bench '
+                        'download in its published layout (question table + videos)')
+    parser.add_argument('--protocol', default='product', choices=('product', 'reference'),
+                        help="the launched node's protocol: product (streaming/coverage "
+                        'defaults) or reference (the official evaluation path: 32 linspace '
+                        'frames, fresh CUT3R, 16 free greedy tokens, official parser, fp16); '
+                        'a running node must already run it (default product)')
+    parser.add_argument('--parser', default='official', choices=('official', 'lenient'),
+                        help="how answers are scored: official (the benchmarks' rule, "
+                        "default) or lenient (the node's operator-facing parse)")
+    parser.add_argument('--benchmark', default='auto', choices=('auto', 'vsibench', 'vstibench'),
+                        help='benchmark layout of DATA_DIR (auto: from the table columns)')
+    parser.add_argument('--videos', type=Path,
+                        help='where the benchmark videos are (default DATA_DIR)')
+    parser.add_argument('--stream', default='sampled', choices=('sampled', 'all'),
+                        help="benchmark mode: publish each video's 32 reference frames "
+                        '(sampled, default) or every frame (all: the node samples them)')
+    parser.add_argument('--image-topic', default='/camera/image_raw',
+                        help='benchmark mode with a running node: its image topic')
     parser.add_argument('--node', default='/vlm3r_node',
                         help='fully qualified name of a running node (default /vlm3r_node)')
     parser.add_argument('--launch', action='store_true',
@@ -741,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'often enough (default)')
     parser.add_argument('--remap', action='append', default=[], metavar='FROM:=TO',
                         help='publish a bag topic elsewhere (for a running node)')
-    parser.add_argument('--out', type=Path, help='output directory (default BAG_DIR/eval)')
+    parser.add_argument('--out', type=Path, help='output directory (default DATA_DIR/eval)')
     parser.add_argument('--tasks', nargs='+', help='only these tasks')
     parser.add_argument('--limit', type=int, help='at most N questions per task')
     parser.add_argument('--budget', type=int, default=0,
@@ -762,7 +800,8 @@ def open_session(args: argparse.Namespace, info: BagInfo, out: Path,
     """
     if args.launch:
         namespace = f'/vlm3r_eval_{os.getpid()}_{int(time.time() * 1000) % 100000}'
-        params = node_parameters(info, args.profile, namespace, parse_params(args.param))
+        params = node_parameters(info, args.profile, namespace, parse_params(args.param),
+                                 protocol=getattr(args, 'protocol', 'product'))
         return NodeSession(launch_params=params, namespace=namespace,
                            log_path=out / 'node.log', ready_timeout_s=args.ready_timeout,
                            log=log)
@@ -774,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
     from vlm3r_ros.tools.replay import parse_remaps
     args = build_parser().parse_args(argv)
     out = args.out or args.bag_dir / 'eval'
+    from vlm3r_ros.eval.benchmark_data import looks_like_benchmark
+    if args.benchmark != 'auto' or looks_like_benchmark(args.bag_dir):
+        from vlm3r_ros.tools.benchmark_eval import run_benchmark
+        return run_benchmark(args, out)
     try:
         info = load_bag_dir(args.bag_dir)
         items = select_items(info.items, args.tasks, args.limit)
@@ -787,7 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with session:
             result = evaluate(session, info, items, rate=args.rate, budget=args.budget,
-                              timeout_s=args.timeout, remaps=remaps, pace=args.pace)
+                              timeout_s=args.timeout, remaps=remaps, pace=args.pace,
+                              parser=args.parser)
     except EvalSetupError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_SETUP
