@@ -41,3 +41,30 @@ def test_cmake_installs_every_entry_point_script():
     for name in scripts:
         assert f'scripts/{name}' in cmake, name
         assert (ROOT / 'scripts' / name).exists(), name
+
+
+def test_rviz_config_shows_the_outputs_and_is_installed():
+    import yaml
+    config = yaml.safe_load((ROOT / 'config' / 'vlm3r.rviz').read_text())
+    manager = config['Visualization Manager']
+    assert manager['Global Options']['Fixed Frame'] == 'map'
+    topics = {d['Topic']['Value']: d['Class'] for d in manager['Displays'] if 'Topic' in d}
+    assert topics == {
+        '/vlm3r_node/cloud': 'rviz_default_plugins/PointCloud2',
+        '/vlm3r_node/keyframes': 'rviz_default_plugins/MarkerArray',
+        '/vlm3r_node/route': 'rviz_default_plugins/Path',
+        '/vlm3r_node/trajectory': 'rviz_default_plugins/Path',
+        '/vlm3r_node/odometry': 'rviz_default_plugins/Odometry',
+        '/vlm3r_node/free_space': 'rviz_default_plugins/Map',
+    }
+    # Latched outputs need a transient-local subscription in RViz too.
+    for display in manager['Displays']:
+        if display.get('Topic', {}).get('Value', '').endswith(
+                ('cloud', 'keyframes', 'route', 'trajectory', 'free_space')):
+            assert display['Topic']['Durability Policy'] == 'Transient Local', display['Name']
+    # Installed with the package: colcon (CMake installs config/) and the wheel path.
+    cmake = (ROOT / 'CMakeLists.txt').read_text()
+    assert re.search(r'install\(DIRECTORY[^)]*\bconfig\b[^)]*DESTINATION share/\$\{PROJECT_NAME\}',
+                     cmake)
+    setup = (ROOT / 'setup.py').read_text()
+    assert "'config/vlm3r.rviz'" in setup and "share/{package_name}/config" in setup

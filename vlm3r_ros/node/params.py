@@ -148,6 +148,41 @@ SPECS: tuple[Spec, ...] = (
     Spec('autostart', True, 'Configure and activate on start (no lifecycle manager needed).',
          read_only=True),
     Spec('unload_on_deactivate', True, 'Free model memory on deactivate (reload on activate).'),
+    # Input hygiene (issue 12)
+    Spec('max_input_age_s', 0.0, 'Drop frames whose stamp is older than this by the node '
+         'clock (s; 0: keep all); counted in SceneStatus.frames_too_old.', 0.0, 1e9),
+    Spec('stamp_skew_warn_s', 5.0, 'Status/diagnostics warn when frame stamps are further '
+         'than this from the node clock (s; e.g. a bag without --clock).', 0.001, 1e9),
+    # Navigation outputs (issue 12), all in map_frame and stamped with the frames' time
+    Spec('publish_odometry', False, "Publish ~/odometry (nav_msgs/Odometry): the camera's pose "
+         'per processed frame, covariance from the encoder confidence.'),
+    Spec('odometry_child_frame', '', "child_frame_id of ~/odometry (empty: the image "
+         "messages' frame_id, 'camera' when they carry none)."),
+    Spec('odometry_position_sigma_m', 0.05, 'Position sigma of a frame with confidence 1 '
+         '(m); the variance shrinks as 1/confidence.', 1e-6, 100.0),
+    Spec('odometry_rotation_sigma_rad', 0.02, 'Rotation sigma of a frame with confidence 1 '
+         '(rad); the variance shrinks as 1/confidence.', 1e-6, 10.0),
+    Spec('publish_cloud', False, 'Publish ~/cloud (sensor_msgs/PointCloud2 xyz + rgb, '
+         'latched): voxel centres of the reconstruction of the buffered frames.'),
+    Spec('cloud_period_s', 2.0, 'Shortest period of ~/cloud and ~/free_space (s); they are '
+         'only republished when the reconstruction changed.', 0.1, 3600.0),
+    Spec('cloud_max_points', 100000, 'Most points in ~/cloud (the voxels seen by the most '
+         'frames are kept).', 100, 10000000),
+    Spec('publish_free_space', False, 'Publish ~/free_space (nav_msgs/OccupancyGrid, '
+         'latched): traversed ground free, reconstructed obstacles occupied.'),
+    Spec('free_space_resolution_m', 0.1, 'Cell size of ~/free_space (m).', 0.01, 5.0),
+    Spec('free_space_robot_radius_m', 0.3, 'Cells this close to the traversed trajectory '
+         'are free (m).', 0.0, 5.0),
+    Spec('free_space_obstacle_min_height_m', 0.1, 'Voxels higher than this above the floor '
+         'are obstacles; lower ones are floor (m).', 0.0, 5.0),
+    Spec('free_space_obstacle_max_height_m', 1.8, 'Voxels higher than this above the floor '
+         'are ignored (overhangs, ceiling; m).', 0.01, 20.0),
+    Spec('free_space_min_hits', 2, 'Frames that must see a voxel before it is an obstacle.',
+         1, 1000),
+    Spec('free_space_camera_height_m', 0.0, 'Camera height above the floor (m; 0: take the '
+         'floor from the lowest 2% of the reconstruction).', 0.0, 10.0),
+    Spec('free_space_max_cells', 1000, 'Most cells per side of ~/free_space (centred on the '
+         'trajectory beyond that).', 10, 10000),
 )
 
 
@@ -209,6 +244,23 @@ class NodeConfig:
     stale_timeout_s: float
     autostart: bool
     unload_on_deactivate: bool
+    max_input_age_s: float
+    stamp_skew_warn_s: float
+    publish_odometry: bool
+    odometry_child_frame: str
+    odometry_position_sigma_m: float
+    odometry_rotation_sigma_rad: float
+    publish_cloud: bool
+    cloud_period_s: float
+    cloud_max_points: int
+    publish_free_space: bool
+    free_space_resolution_m: float
+    free_space_robot_radius_m: float
+    free_space_obstacle_min_height_m: float
+    free_space_obstacle_max_height_m: float
+    free_space_min_hits: int
+    free_space_camera_height_m: float
+    free_space_max_cells: int
 
     @property
     def subscribed_image_topic(self) -> str:
@@ -238,7 +290,8 @@ class NodeConfig:
             route_link_radius_m=self.route_link_radius_m,
             route_turn_threshold_deg=self.route_turn_threshold_deg,
             route_max_keyframes=self.route_max_keyframes,
-            route_min_goal_probability=self.route_min_goal_probability, up_axis=self.up_vector())
+            route_min_goal_probability=self.route_min_goal_probability, up_axis=self.up_vector(),
+            reconstruction=self.publish_cloud or self.publish_free_space)
 
 
 # Parameters that take effect at once when set on a configured node (read at use time by
@@ -250,7 +303,7 @@ LIVE: frozenset[str] = frozenset({
     'max_new_tokens', 'option_decoding', 'answer_parser', 'request_timeout_s',
     'max_question_chars',
     'route_max_keyframes', 'route_min_goal_probability', 'route_turn_threshold_deg',
-    'stale_timeout_s', 'unload_on_deactivate',
+    'stale_timeout_s', 'unload_on_deactivate', 'max_input_age_s', 'stamp_skew_warn_s',
 })
 _BY_NAME = {spec.name: spec for spec in SPECS}
 # What protocol 'reference' fixes: the official VSI-Bench evaluation path (32 frames by

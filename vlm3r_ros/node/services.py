@@ -1,7 +1,8 @@
 """The node's services and action: validate, queue on the engine, wait, answer every call.
 
-:class:`RequestServer` offers ``~/spatial_query``, ``~/plan_route`` and
-``~/plan_route_action`` while the node is active. Every call taken gets a response: the
+:class:`RequestServer` offers ``~/spatial_query``, ``~/plan_route``,
+``~/plan_route_action`` and ``~/spatial_query_action`` (:mod:`.query_action`) while the
+node is active. Every call taken gets a response: the
 answer, an error code, or SHUTTING_DOWN when the node deactivates or stops while the call
 waits (see :mod:`vlm3r_ros.pipeline.call_gate`); the services are destroyed only after
 those responses went out.
@@ -15,6 +16,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm3r_ros.action import PlanRoute as PlanRouteAction
+from vlm3r_ros.node.query_action import QueryActionServer
 from vlm3r_ros.node.ros_convert import finite_or_nan, ns_to_stamp, route_to_path, stamp_to_ns
 from vlm3r_ros.pipeline.call_gate import CallGate, Wait
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
@@ -77,6 +79,8 @@ class RequestServer:
             cancel_callback=lambda _handle: CancelResponse.ACCEPT,
             goal_service_qos_profile=SERVICE_QOS, result_service_qos_profile=SERVICE_QOS,
             cancel_service_qos_profile=SERVICE_QOS, callback_group=callback_group)
+        self._query_action: QueryActionServer | None = QueryActionServer(
+            node, self.gate, callback_group, SERVICE_QOS, self._fill_query)
 
     def close(self, timeout_s: float = 5.0) -> bool:
         """Answer every call in flight or queued (SHUTTING_DOWN), then destroy the servers.
@@ -91,13 +95,15 @@ class RequestServer:
                 'destroying the services anyway')
         for service in self._services:
             self._node.destroy_service(service)
-        if self._action is not None:
-            self._retire_action(self._action)
-        self._services, self._action = [], None
+        actions = [self._action] if self._action is not None else []
+        if self._query_action is not None:
+            actions.append(self._query_action.server)
+        self._retire_actions(actions)
+        self._services, self._action, self._query_action = [], None, None
         return drained
 
-    def _retire_action(self, action: ActionServer) -> None:
-        """Destroy the action server without racing the executor's wait set.
+    def _retire_actions(self, actions: list[ActionServer]) -> None:
+        """Destroy the action servers without racing the executor's wait set.
 
         rclpy's executor adds a waitable it took from the node's list to its wait set even
         when entering it failed because its destruction had been requested in between
@@ -106,12 +112,16 @@ class RequestServer:
         is woken by the removal), any thread still using it holds it in use, and
         destruction waits for that.
         """
-        self._node.remove_waitable(action)
-        time.sleep(ACTION_SETTLE_S)
-        try:
-            action.destroy()
-        except ValueError:
-            pass  # its last step removes it from the node's list again: already done
+        if not actions:
+            return
+        for action in actions:
+            self._node.remove_waitable(action)
+        time.sleep(ACTION_SETTLE_S)  # once for all of them
+        for action in actions:
+            try:
+                action.destroy()
+            except ValueError:
+                pass  # its last step removes it from the node's list again: already done
 
     # ------------------------------------------------------------------ services
     def _guarded(self, handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -146,18 +156,22 @@ class RequestServer:
                   response: SpatialQuery.Response) -> SpatialQuery.Response:
         started = time.monotonic()
         result = self._run_query(request)
-        response.success = result.code == ErrorCode.OK
-        response.error_code = int(result.code)
-        response.message = result.message
-        response.answer = result.answer
-        response.value = finite_or_nan(result.value)
-        response.option_index = int(result.option_index)
-        response.keyframe_stamps = [ns_to_stamp(ns) for ns in result.keyframe_stamps_ns]
-        response.coverage = float(result.coverage)
+        self._fill_query(result, response)
         response.elapsed_s = time.monotonic() - started
+        return response
+
+    def _fill_query(self, result: QueryResult, out: Any) -> None:
+        """Fill a SpatialQuery response (or action result); publish the keyframes on OK."""
+        out.success = result.code == ErrorCode.OK
+        out.error_code = int(result.code)
+        out.message = result.message
+        out.answer = result.answer
+        out.value = finite_or_nan(result.value)
+        out.option_index = int(result.option_index)
+        out.keyframe_stamps = [ns_to_stamp(ns) for ns in result.keyframe_stamps_ns]
+        out.coverage = float(result.coverage)
         if result.code == ErrorCode.OK:
             self._node._publish_keyframes(result.keyframe_stamps_ns)
-        return response
 
     def _run_query(self, request: SpatialQuery.Request) -> QueryResult:
         engine, cfg = self._node.engine, self._node.config
@@ -240,9 +254,9 @@ class RequestServer:
         deadline = started + (config.request_timeout_s if config is not None else 1.0)
         while result is None:
             if goal_handle.is_cancel_requested:
-                future.cancel()
+                self._node.engine.cancel(future)  # a queued goal frees its slot at once
                 goal_handle.canceled()
-                out = PlanRouteAction.Result(error_code=int(ErrorCode.INTERNAL_ERROR),
+                out = PlanRouteAction.Result(error_code=int(ErrorCode.CANCELED),
                                              message='canceled by the client')
                 out.elapsed_s = time.monotonic() - started
                 return out

@@ -36,6 +36,7 @@ from visualization_msgs.msg import MarkerArray
 from vlm3r_ros.ingest.image_codec import ImageDecodeError
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node import params
+from vlm3r_ros.node.nav_outputs import InputClock, NavOutputs
 from vlm3r_ros.node.ros_convert import (
     camera_info_to_intrinsics, depth_to_array, diagnostics, image_to_rgb, keyframe_markers,
     points_to_path, pose_msg_to_matrix, stamp_to_ns, transform_to_matrix)
@@ -81,6 +82,8 @@ class Vlm3rNode(LifecycleNode):
         self._marker_pub = None
         self._trajectory_pub = None
         self._trajectory_len = -1
+        self._nav: NavOutputs | None = None  # ~/odometry, ~/cloud, ~/free_space
+        self._input_clock = InputClock(self)  # max_input_age_s, stamp vs clock offset
         self._timer = None
         self._intrinsics = None
         # Colour frames paired with depth maps in either arrival order (approximate time);
@@ -141,6 +144,7 @@ class Vlm3rNode(LifecycleNode):
         self._trajectory_pub = self.create_publisher(Path, '~/trajectory', latched)
         self._timer = self.create_timer(cfg.status_period_s, self._publish_status,
                                         callback_group=self._timer_group)
+        self._nav = NavOutputs(self, cfg, self.engine)
         self.engine.load_models()
         self._setup_tf()
         self.get_logger().info(f'configured: profile {cfg.model_profile}, fusion {cfg.fusion}, '
@@ -220,6 +224,9 @@ class Vlm3rNode(LifecycleNode):
         if self._tf_listener is not None:
             self._tf_listener.unregister()
         self._tf_buffer = self._tf_listener = None
+        if self._nav is not None:
+            self._nav.destroy()
+            self._nav = None
         if self.engine is not None:
             self.engine.stop()
             self.engine.unload_models()
@@ -299,6 +306,10 @@ class Vlm3rNode(LifecycleNode):
         engine = self.engine
         if engine is None:
             return
+        if not self._input_clock.admit(msg.header):
+            return  # older than max_input_age_s (counted)
+        if self._nav is not None:
+            self._nav.camera_frame(msg.header.frame_id)
         try:
             rgb = image_to_rgb(msg)
         except ImageDecodeError as exc:
@@ -430,6 +441,9 @@ class Vlm3rNode(LifecycleNode):
         msg.buffer_span_s = float(status.buffer_span_s)
         msg.buffer_bytes = status.buffer_bytes
         msg.buffer_resets = status.buffer_resets
+        msg.frames_too_old = self._input_clock.gate.too_old
+        stamp_age = self._input_clock.gate.age_s
+        msg.input_stamp_age_s = float('nan') if stamp_age is None else stamp_age
         msg.keyframe_count = status.keyframe_count
         msg.keyframe_coverage = float(status.keyframe_coverage)
         msg.voxels_observed = status.voxels_observed
@@ -441,9 +455,10 @@ class Vlm3rNode(LifecycleNode):
         self._status_pub.publish(msg)
         self._publish_trajectory(engine, cfg.map_frame, stamp)
         if self._diag_pub is not None:
-            self._diag_pub.publish(diagnostics(status, STREAM_STATES[stream_state],
-                                               self._input_desc(), self.get_fully_qualified_name(),
-                                               stamp, age))
+            array = diagnostics(status, STREAM_STATES[stream_state], self._input_desc(),
+                                self.get_fully_qualified_name(), stamp, age)
+            array.status.append(self._input_clock.diagnostic(self.get_fully_qualified_name()))
+            self._diag_pub.publish(array)
 
     def _publish_trajectory(self, engine: SpatialEngine, frame_id: str, stamp: Any) -> None:
         """Publish the traversed trajectory (graph nodes) when it changed."""

@@ -33,10 +33,13 @@ from vlm3r_ros.pipeline.coverage import (CoverageIndex, Selection, reference_sam
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
 from vlm3r_ros.pipeline.poses import PoseHistory
+from vlm3r_ros.pipeline.reconstruction import (GeometryEvent, VoxelCloud, colored_voxels,
+                                                mean_confidence)
 from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.route_steps import parse_route_steps, steps_agree, steps_from_path
-from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
+from vlm3r_ros.planning.trajectory_graph import (EDGE_TRAVERSED, GroundPlane, TrajectoryGraph,
+                                                  Unreachable)
 
 LOG = logging.getLogger(__name__)
 
@@ -71,8 +74,13 @@ class SpatialModel(Protocol):
         """Return one frame's visual tokens (fused, projected, pooled)."""
 
     def answer(self, prompt: str, frame_tokens: Sequence[Any], max_new_tokens: int = 16,
-               prefix_key: Any = None) -> str:
-        """Return the greedy answer text for ``prompt`` over the frames' tokens."""
+               prefix_key: Any = None,
+               on_token: Callable[[str], bool | None] | None = None) -> str:
+        """Return the greedy answer text for ``prompt`` over the frames' tokens.
+
+        ``on_token`` (optional) gets the text of each decoded token; returning False
+        stops decoding (the text so far is returned).
+        """
 
     def choose(self, prompt: str, frame_tokens: Sequence[Any], n_options: int,
                prefix_key: Any = None) -> tuple[int, list[float]]:
@@ -119,6 +127,7 @@ class EngineConfig:
     route_min_goal_probability: float = 0.0
     pose_tolerance_s: float = 0.1
     up_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    reconstruction: bool = False  # keep coloured voxels per frame (cloud, free space)
 
 
 @dataclass
@@ -144,16 +153,26 @@ class EngineStatus:
     last_error: str
 
 
+class RequestFuture(Future):
+    """The Future of a queued request; :meth:`SpatialEngine.cancel` stops it."""
+
+    def __init__(self) -> None:
+        """Create a pending future with a clear cancel flag."""
+        super().__init__()
+        self.cancel_requested = threading.Event()
+
+
 @dataclass
 class _Job:
     kind: str
     request: Any
-    future: Future
+    future: RequestFuture
     feedback: Callable[[str, float], None] | None = None
+    on_token: Callable[[str], None] | None = None
     enqueued: float = field(default_factory=time.monotonic)
 
 
-_WAKE = _Job('wake', None, Future())
+_WAKE = _Job('wake', None, RequestFuture())
 
 
 class SpatialEngine:
@@ -170,6 +189,9 @@ class SpatialEngine:
         self._last_error = ''
         self._lock = threading.Lock()
         self.coverage = CoverageIndex()
+        self.cloud = VoxelCloud(config.voxel_size_m)  # filled with config.reconstruction
+        # Called by the geometry worker after each processed frame (the odometry output).
+        self.on_geometry: Callable[[GeometryEvent], None] | None = None
         self.graph = self._new_graph()
         self.poses = PoseHistory(tolerance_ns=int(config.pose_tolerance_s * 1e9))
         self.buffer = FrameBuffer(config.max_frames, config.max_span_s, config.max_bytes,
@@ -360,10 +382,12 @@ class SpatialEngine:
 
     def _on_evict(self, record: FrameRecord) -> None:
         self.coverage.remove(record.frame_id)
+        self.cloud.remove(record.frame_id)
 
     def _reset_world(self, stamp_ns: int) -> None:
         LOG.warning('frame stamps went backwards: buffer, keyframes and trajectory reset')
         self.coverage.clear()
+        self.cloud.clear()
         with self._lock:
             self.graph = self._new_graph()
             self._stream_epoch += 1
@@ -373,6 +397,7 @@ class SpatialEngine:
     def _forget_geometry(self) -> None:
         """Drop keyframe candidates, trajectory and per-frame geometry (new world origin)."""
         self.coverage.clear()
+        self.cloud.clear()
         with self._lock:
             self.graph = self._new_graph()
             self._selection_cache = None
@@ -412,9 +437,8 @@ class SpatialEngine:
     def _process_frame(self, record: FrameRecord, bundle: ModelBundle,
                        stream: GeometryStream) -> None:
         geom = stream.step(record.image)
-        pose = self.poses.lookup(record.stamp_ns)
-        if pose is None:
-            pose = np.asarray(geom.pose, dtype=np.float64)
+        external = self.poses.lookup(record.stamp_ns)
+        pose = external if external is not None else np.asarray(geom.pose, dtype=np.float64)
         points = self._world_points(record, geom, pose)
         conf = None
         if points is geom.pts_world and self.config.min_confidence > 0:
@@ -425,13 +449,28 @@ class SpatialEngine:
         if self.config.cache_mode == 'streaming':
             tokens = bundle.spatial.encode_frame(record.image, geom.tokens, points)
         self.coverage.add(record.frame_id, record.stamp_ns, keys)
+        if self.config.reconstruction:
+            keep = None if conf is None else conf >= self.config.min_confidence
+            cloud_points = points
+            if external is not None and points is geom.pts_world:
+                # The encoder's world is not map_frame: place its camera-frame points with
+                # the external pose instead.
+                own = np.asarray(geom.pts_self, dtype=np.float64)
+                cloud_points = own @ pose[:3, :3].T + pose[:3, 3]
+            self.cloud.add(record.frame_id, record.stamp_ns, *colored_voxels(
+                cloud_points, record.image, self.config.voxel_size_m, keep))
         if not self.buffer.attach(record.frame_id, pose=pose, voxels=keys, tokens=tokens):
             self.coverage.remove(record.frame_id)  # evicted while we worked
+            self.cloud.remove(record.frame_id)
             return
         with self._lock:
             self.graph.add_pose(record.frame_id, record.stamp_ns, pose)
             self._geometry_frames += 1
             self._selection_cache = None
+        listener = self.on_geometry
+        if listener is not None:
+            listener(GeometryEvent(record.stamp_ns, pose, mean_confidence(geom.conf),
+                                   external is not None))
 
     def _world_points(self, record: FrameRecord, geom: Any, pose: np.ndarray) -> np.ndarray:
         """Return (H, W, 3) world points: the encoder's pointmap, or depth back-projected."""
@@ -441,16 +480,42 @@ class SpatialEngine:
         return geom.pts_world
 
     # ------------------------------------------------------------------ requests
-    def ask(self, request: QueryRequest) -> Future:
-        """Queue a question; return a Future of QueryResult (already done when refused)."""
-        return self._submit(_Job('query', request, Future()))
+    def ask(self, request: QueryRequest, feedback: Callable[[str, float], None] | None = None,
+            on_token: Callable[[str], None] | None = None) -> RequestFuture:
+        """Queue a question; return a Future of QueryResult (already done when refused).
+
+        ``feedback(stage, progress)`` hears 'selecting_keyframes', 'prefill' and
+        'decoding'; ``on_token(text)`` each piece of a generated answer (both from the answer
+        worker). A constrained option answer arrives as one piece.
+        """
+        return self._submit(_Job('query', request, RequestFuture(), feedback, on_token))
 
     def plan(self, request: RouteRequest,
-             feedback: Callable[[str, float], None] | None = None) -> Future:
+             feedback: Callable[[str, float], None] | None = None) -> RequestFuture:
         """Queue a route request; return a Future of RouteResult."""
-        return self._submit(_Job('route', request, Future(), feedback))
+        return self._submit(_Job('route', request, RequestFuture(), feedback))
 
-    def _submit(self, job: _Job) -> Future:
+    def cancel(self, future: Future) -> bool:
+        """Cancel a request: a queued one leaves the queue at once (its slot is free) and
+        is answered CANCELED; a running question stops decoding at its next token and is
+        answered CANCELED with the text so far. Returns False when it had already ended."""
+        if future.done():
+            return False
+        if isinstance(future, RequestFuture):
+            future.cancel_requested.set()
+        with self._jobs.mutex:  # take it out of the queue now, not when the worker gets to it
+            queued = [job for job in self._jobs.queue if job.future is future]
+            for job in queued:
+                self._jobs.queue.remove(job)
+            if queued:
+                self._jobs.not_full.notify()
+        for job in queued:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_result(self._failure(job.kind, ErrorCode.CANCELED,
+                                                    'canceled while queued'))
+        return True
+
+    def _submit(self, job: _Job) -> RequestFuture:
         refusal = self._readiness_error()
         if refusal is not None:
             job.future.set_result(self._failure(job.kind, *refusal))
@@ -504,7 +569,7 @@ class SpatialEngine:
                 if refusal is not None:
                     raise RequestError(*refusal)
                 if job.kind == 'query':
-                    result: QueryResult | RouteResult = self._answer(job.request)
+                    result: QueryResult | RouteResult = self._answer(job.request, job)
                 else:
                     result = self._route(job.request, job.feedback)
             except RequestError as exc:
@@ -604,7 +669,16 @@ class SpatialEngine:
         start, end = window_ns
         return (start, end if end else np.iinfo(np.int64).max)
 
-    def _answer(self, request: QueryRequest) -> QueryResult:
+    def _answer(self, request: QueryRequest, job: _Job | None = None) -> QueryResult:
+        canceled = job.future.cancel_requested if job is not None else threading.Event()
+
+        def stage(name: str, fraction: float) -> None:
+            if canceled.is_set():
+                raise RequestError(ErrorCode.CANCELED, f'canceled before {name}')
+            if job is not None and job.feedback is not None:
+                job.feedback(name, fraction)
+
+        stage('selecting_keyframes', 0.1)
         window = self._window(request.window_ns)
         selection = self.select_keyframes(request.keyframe_budget, window)
         if not selection.frame_ids:
@@ -618,18 +692,42 @@ class SpatialEngine:
         bundle = self._bundle
         assert bundle is not None
         prompt = build_prompt(request.question, request.options, request.answer_type)
+        stage('prefill', 0.3)
+        on_token = job.on_token if job is not None else None
+        pieces: list[str] = []
+        after_cancel = 0  # tokens decoded with the cancel flag up (at most the running one)
         if request.options and self.config.option_decoding == 'constrained':
             # The model's likeliest option letter: always a valid option (an operator gets
             # an answer, not free text that names none); 'generate' is VSI-Bench's protocol.
             index, _ = bundle.spatial.choose(prompt, tokens, len(request.options),
                                              prefix_key=key)
             text = f'{option_letter(index)}. {strip_option_label(request.options[index])}'
+            stage('decoding', 0.9)
+            if on_token is not None:
+                on_token(text)
         else:
+            def token(piece: str) -> bool:
+                nonlocal after_cancel
+                after_cancel += canceled.is_set()
+                if not pieces and job is not None and job.feedback is not None:
+                    job.feedback('decoding', 0.5)
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece)
+                return not canceled.is_set()  # False: stop after this token step
+
             text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens,
-                                         prefix_key=key)
+                                         prefix_key=key, on_token=token)
         parsed = parse_answer_with(self.config.answer_parser, text, request.options)
+        stamps = [r.stamp_ns for r in records]
+        if canceled.is_set():
+            return QueryResult(ErrorCode.CANCELED,
+                               f'canceled by the client after {len(pieces)} answer tokens '
+                               f'({after_cancel} decoded after the cancel request)',
+                               parsed.text, parsed.value, parsed.option_index, stamps,
+                               selection.ratio)
         return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
-                           [r.stamp_ns for r in records], selection.ratio)
+                           stamps, selection.ratio)
 
     # ------------------------------------------------------------------ routes
     def _route(self, request: RouteRequest,
@@ -713,6 +811,18 @@ class SpatialEngine:
             ids, _ = self.graph.node_positions()
             nodes = sorted((self.graph.node(int(i)) for i in ids), key=lambda n: n.stamp_ns)
             return np.array([n.position for n in nodes], dtype=np.float64).reshape(-1, 3)
+
+    def traversed_segments(self) -> tuple[np.ndarray, np.ndarray, GroundPlane]:
+        """Return the trajectory's node positions (N, 3), its traversed edges (E, 2) as index
+        pairs into them, and the ground plane (for the free-space grid)."""
+        with self._lock:
+            ids = self.graph.node_ids
+            index = {node_id: k for k, node_id in enumerate(ids)}
+            positions = np.array([self.graph.node(i).position for i in ids],
+                                 dtype=np.float64).reshape(-1, 3)
+            edges = np.array([(index[a], index[b]) for a, b, kind in self.graph.edges()
+                              if kind == EDGE_TRAVERSED], dtype=np.int64).reshape(-1, 2)
+            return positions, edges, self.graph.plane
 
     def status(self) -> EngineStatus:
         """Return a snapshot of counters, buffer, keyframes and model state."""

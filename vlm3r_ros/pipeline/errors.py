@@ -21,6 +21,7 @@ class ErrorCode(IntEnum):
     GOAL_NOT_FOUND = 7
     UNREACHABLE = 8
     SHUTTING_DOWN = 9
+    CANCELED = 10
 
 
 class RequestError(Exception):

@@ -158,3 +158,27 @@ def unpack_voxel_keys(keys: np.ndarray) -> np.ndarray:
     out[:, 1] = (k >> KEY_BITS) & _KEY_MASK
     out[:, 2] = k & _KEY_MASK
     return out - KEY_OFFSET
+
+
+def voxel_keys_per_point(points: np.ndarray, voxel_size: float = 0.1) -> np.ndarray:
+    """Return the packed voxel key of every point, shape (N,), -1 where a point is dropped.
+
+    Same packing and the same dropped points (non-finite, outside the representable range)
+    as :func:`voxel_keys`, which returns the unique keys of the kept points; this keeps
+    the per-point correspondence (e.g. to average colours per voxel).
+    """
+    pts = np.asarray(points)
+    if pts.ndim < 1 or pts.shape[-1] != 3:
+        raise ValueError(f'points must have shape (..., 3), got {pts.shape}')
+    if not voxel_size > 0:
+        raise ValueError(f'voxel_size must be > 0, got {voxel_size}')
+    pts = pts.reshape(-1, 3)
+    cols = [np.floor(pts[:, j].astype(np.float64) / float(voxel_size)) for j in range(3)]
+    with np.errstate(invalid='ignore'):
+        inside = np.ones(pts.shape[0], dtype=bool)
+        for c in cols:
+            inside &= (c >= KEY_MIN) & (c <= KEY_MAX)
+    out = np.full(pts.shape[0], -1, dtype=np.int64)
+    gx, gy, gz = ((c[inside].astype(np.int64) + KEY_OFFSET) for c in cols)
+    out[inside] = (gx << (2 * KEY_BITS)) | (gy << KEY_BITS) | gz
+    return out

@@ -2,15 +2,17 @@
 
     vlm3r-ask "How many chairs are in this room?"
     vlm3r-ask "Which is closer to the sofa?" -o "the tv" -o "the lamp" --json
+    vlm3r-ask "Describe the room." --stream    # prints the answer as it is generated
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from typing import Any
 
 from vlm3r_ros.tools.service_client import (
-    EXIT_ERROR, add_common_args, call_once, report, unavailable)
+    EXIT_ERROR, add_common_args, call_once, report, run_action_once, unavailable)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='answer-type hint (default: auto)')
     parser.add_argument('--budget', type=int, default=0,
                         help='keyframe budget (default: the node parameter)')
+    parser.add_argument('--stream', action='store_true',
+                        help='use the ~/spatial_query_action action and print the answer '
+                             'token by token as it is generated (Ctrl-C cancels)')
     add_common_args(parser)
     return parser
 
@@ -34,14 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     request = SpatialQuery.Request(question=args.question, options=args.options,
                                    answer_type=args.type, keyframe_budget=args.budget)
     service = f'{args.node.rstrip("/")}/spatial_query'
+    streamed = False
     try:
-        response = call_once(SpatialQuery, service, request, args.timeout)
+        if args.stream:
+            response, streamed = _ask_streaming(args, request)
+            service += '_action'
+        else:
+            response = call_once(SpatialQuery, service, request, args.timeout)
     except TimeoutError as exc:
         print(f'error: {exc}')
         return EXIT_ERROR
     if response is None:
         return unavailable(service)
-    text = response.answer
+    text = '' if streamed else response.answer
+    if streamed and not response.success:
+        print()  # the error goes on its own line after the partial answer
     if response.option_index >= 0:
         text += f'  (option {chr(65 + response.option_index)}: ' \
                 f'{args.options[response.option_index]})'
@@ -50,6 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     text += f'\n[{len(response.keyframe_stamps)} keyframes, coverage ' \
             f'{response.coverage:.2f}, {response.elapsed_s:.2f} s]'
     return report(response, args.json, text)
+
+
+def _ask_streaming(args: argparse.Namespace, request: Any) -> tuple[Any, bool]:
+    """Ask through the action; print answer pieces as they arrive (unless --json).
+
+    Returns (result, whether text was printed). The result has the service's fields.
+    """
+    from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
+    goal = SpatialQueryAction.Goal(question=request.question, options=request.options,
+                                   answer_type=request.answer_type,
+                                   keyframe_budget=request.keyframe_budget)
+    printed = []
+
+    def on_feedback(feedback: Any) -> None:
+        if feedback.text and not args.json:
+            sys.stdout.write(feedback.text)
+            sys.stdout.flush()
+            printed.append(feedback.text)
+
+    name = f'{args.node.rstrip("/")}/spatial_query_action'
+    result = run_action_once(SpatialQueryAction, name, goal, args.timeout, on_feedback)
+    return result, bool(printed)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any
+import time
+from typing import Any, Callable
 
 import rclpy
 from rclpy.node import Node
@@ -41,6 +42,51 @@ def call_once(srv_type: Any, service: str, request: Any, timeout: float) -> Any 
         if not future.done():
             raise TimeoutError(f'no answer from {service} within {timeout:g} s')
         return future.result()
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def run_action_once(action_type: Any, name: str, goal: Any, timeout: float,
+                    on_feedback: Callable[[Any], None]) -> Any | None:
+    """Send one action goal, pass each feedback message on, return the result message.
+
+    Returns None when the action server is unavailable; raises TimeoutError when the goal
+    gets no result in time (the goal is then canceled).
+    """
+    from rclpy.action import ActionClient
+
+    from vlm3r_ros.node.query_action import FEEDBACK_QOS
+    rclpy.init(args=[])
+    node: Node = rclpy.create_node('vlm3r_cli')
+    try:
+        client = ActionClient(node, action_type, name, goal_service_qos_profile=SERVICE_QOS,
+                              result_service_qos_profile=SERVICE_QOS,
+                              cancel_service_qos_profile=SERVICE_QOS,
+                              feedback_sub_qos_profile=FEEDBACK_QOS)
+        if not client.wait_for_server(timeout_sec=min(timeout, 10.0)):
+            return None
+        deadline = time.monotonic() + timeout
+        sent = client.send_goal_async(goal, feedback_callback=lambda m: on_feedback(m.feedback))
+        rclpy.spin_until_future_complete(node, sent, timeout_sec=timeout)
+        if not sent.done():
+            raise TimeoutError(f'{name} did not accept the goal within {timeout:g} s')
+        handle = sent.result()
+        if not handle.accepted:
+            raise TimeoutError(f'{name} rejected the goal')
+        result = handle.get_result_async()
+        try:
+            rclpy.spin_until_future_complete(node, result,
+                                             timeout_sec=max(deadline - time.monotonic(), 0.0))
+        except KeyboardInterrupt:  # Ctrl-C: cancel the goal, show what it had produced
+            handle.cancel_goal_async()
+            rclpy.spin_until_future_complete(node, result, timeout_sec=2.0)
+            if not result.done():
+                raise
+        if not result.done():
+            handle.cancel_goal_async()
+            raise TimeoutError(f'no result from {name} within {timeout:g} s')
+        return result.result().result
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

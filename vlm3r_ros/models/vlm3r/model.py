@@ -17,7 +17,7 @@ import contextlib
 import string
 import threading
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,38 @@ class AnswerStats:
     prefilled_tokens: int
     generated_tokens: int
     seconds: float
+
+
+class AnswerStream(Iterator[str]):
+    """The iterator :meth:`Vlm3rModel.stream_answer` returns: answer text pieces as decoded.
+
+    ``text`` is the text so far (the final answer once exhausted); ``close_and_text``
+    stops decoding (releasing the model lock and restoring the prefix cache) and returns it.
+    """
+
+    def __init__(self, pieces: Generator[str, None, str]) -> None:
+        """Wrap the model's decoding generator."""
+        self._pieces = pieces
+        self.text = ''
+        self.done = False
+
+    def __next__(self) -> str:
+        """Return the next piece; raise StopIteration (value: the answer) at the end."""
+        try:
+            piece = next(self._pieces)
+        except StopIteration as stop:
+            self.done = True
+            self.text = str(stop.value)
+            raise
+        self.text += piece
+        return piece
+
+    def close_and_text(self) -> str:
+        """Stop decoding now; return the text generated so far (stripped)."""
+        self._pieces.close()
+        self.done = True
+        self.text = self.text.strip()
+        return self.text
 
 
 class Vlm3rModel:
@@ -287,7 +319,8 @@ class Vlm3rModel:
         return output.logits[0, -1]
 
     def answer(self, prompt: str, frame_tokens: Sequence[torch.Tensor], max_new_tokens: int = 16,
-               prefix_key: Hashable | None = None) -> str:
+               prefix_key: Hashable | None = None,
+               on_token: Callable[[str], bool | None] | None = None) -> str:
         """Answer `prompt` about the frames by greedy decoding; return the stripped text.
 
         `prompt` is the full user text; the visual tokens of `frame_tokens` (encode_frame
@@ -296,25 +329,79 @@ class Vlm3rModel:
         only reused when the frames are the same tensors (or equal ones); see `last_stats`.
         Decoding stops at `<|im_end|>` / `<|endoftext|>` or after `max_new_tokens`. Raises
         ValueError for malformed frames or a negative `max_new_tokens`.
+
+        `on_token`, when given, is called after each decoded token with the text it added
+        (possibly ''; see :meth:`stream_answer`; the pieces concatenate to the returned text).
+        Returning False stops decoding at once (cancel): the text decoded so far is returned.
+        """
+        stream = self.stream_answer(prompt, frame_tokens, max_new_tokens, prefix_key)
+        while True:
+            try:
+                piece = next(stream)
+            except StopIteration as done:
+                return str(done.value)
+            if on_token is not None and on_token(piece) is False:
+                return stream.close_and_text()
+
+    def stream_answer(self, prompt: str, frame_tokens: Sequence[torch.Tensor],
+                      max_new_tokens: int = 16,
+                      prefix_key: Hashable | None = None) -> AnswerStream:
+        """Return an iterator over the answer text as it is decoded, token by token.
+
+        Same decoding as :meth:`answer`. One item per decoded token: the text it added ('' when
+        it added none yet, e.g. it ends inside a multi-byte character, whose text then comes
+        with a later item); the items concatenate to the final stripped answer, which
+        is also the iterator's return value (``StopIteration.value``, or ``text``). The model
+        lock is held from the first ``next`` until the iterator is exhausted or closed: drive
+        it from one thread and close it (``close_and_text``) to stop decoding early.
+        """
+        return AnswerStream(self._token_pieces(prompt, frame_tokens, max_new_tokens,
+                                               prefix_key))
+
+    def _token_pieces(self, prompt: str, frame_tokens: Sequence[torch.Tensor],
+                      max_new_tokens: int, prefix_key: Hashable | None
+                      ) -> Generator[str, None, str]:
+        """Yield the text each greedy token adds; return the decoded answer (see answer).
+
+        Gradients are off around every model call but not across the yields (grad mode is
+        thread state: the consumer's code between items runs with its own mode).
         """
         if max_new_tokens < 0:
             raise ValueError('max_new_tokens must be >= 0')
         start = time.perf_counter()
         generated: list[int] = []
-        with self._lock, torch.no_grad(), \
-                self._prefixed(prompt, frame_tokens, prefix_key) as (entry, hit, question):
-            if max_new_tokens > 0:
-                logits = self._extend(entry, question)
-                for step in range(max_new_tokens):
-                    token = int(torch.argmax(logits))
-                    if token in self._stop_ids:
-                        break
-                    generated.append(token)
-                    if step + 1 < max_new_tokens:
-                        logits = self._extend(entry, torch.tensor([token], device=self.device))
+        emitted = ''
+        with self._lock, contextlib.ExitStack() as scope:
+            with torch.no_grad():
+                entry, hit, question = scope.enter_context(
+                    self._prefixed(prompt, frame_tokens, prefix_key))
             question_tokens = int(question.shape[0]) if max_new_tokens > 0 else 0
+            try:
+                if max_new_tokens > 0:
+                    with torch.no_grad():
+                        logits = self._extend(entry, question)
+                    for step in range(max_new_tokens):
+                        token = int(torch.argmax(logits))
+                        if token in self._stop_ids:
+                            break
+                        generated.append(token)
+                        text = self._decode(generated)
+                        piece = ''  # one item per token, so a consumer can stop at each
+                        if text.startswith(emitted) and not text.endswith('\ufffd'):
+                            piece, emitted = text[len(emitted):], text
+                        yield piece
+                        if step + 1 < max_new_tokens:
+                            with torch.no_grad():
+                                logits = self._extend(entry, torch.tensor(
+                                    [token], device=self.device))
+            except GeneratorExit:  # closed early (cancel): still account for the call
+                self._record(hit, entry, question_tokens, len(generated), start)
+                raise
             self._record(hit, entry, question_tokens, len(generated), start)
-        return self._decode(generated)
+        text = self._decode(generated)
+        if text.startswith(emitted) and len(text) > len(emitted):
+            yield text[len(emitted):]  # a held-back tail (e.g. a completed character)
+        return text
 
     def choose(self, prompt: str, frame_tokens: Sequence[torch.Tensor], n_options: int,
                prefix_key: Hashable | None = None) -> tuple[int, list[float]]:
