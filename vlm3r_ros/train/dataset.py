@@ -55,6 +55,9 @@ class ShardJob:
     width: int
     height: int
     with_qa: bool
+    qa_frames: int = 32
+    qa_per_task: int = 4
+    qa_rules: str = 'official'
 
 
 def split_seeds(split: str, count: int) -> list[int]:
@@ -129,7 +132,8 @@ def _render_shard(job: ShardJob) -> tuple[dict[str, list[Any]], dict[str, list[A
             vis = Visibility(pixels=pixels, image_pixels=job.width * job.height)
             qa = [item.to_dict() for item in generate_qa(
                 spec.scene, spec.trajectory, spec.K, job.width, job.height, seed=seed,
-                tasks=ALL_TASKS, visibility=vis)]
+                tasks=ALL_TASKS, visibility=vis, num_frames=job.qa_frames,
+                max_per_task=job.qa_per_task, rules=job.qa_rules)]
         scenes['scene_seed'].append(seed)
         scenes['scene'].append(json.dumps(spec.scene.to_dict()))
         scenes['params'].append(json.dumps(spec.params))
@@ -171,14 +175,16 @@ def write_shard(root: Path, job: ShardJob) -> Path:
 
 
 def plan_jobs(splits: dict[str, int], shard_size: int, seconds: dict[str, float],
-              rate_hz: float, width: int, height: int, with_qa: bool) -> list[ShardJob]:
+              rate_hz: float, width: int, height: int, with_qa: bool, qa_frames: int = 32,
+              qa_per_task: int = 4, qa_rules: str = 'official') -> list[ShardJob]:
     """Return the shard jobs for ``splits`` ({split: number of scenes})."""
     jobs = []
     for split, count in splits.items():
         seeds = split_seeds(split, count)
         for index, start in enumerate(range(0, count, shard_size)):
             jobs.append(ShardJob(split, index, tuple(seeds[start:start + shard_size]),
-                                 seconds[split], rate_hz, width, height, with_qa))
+                                 seconds[split], rate_hz, width, height, with_qa,
+                                 qa_frames, qa_per_task, qa_rules))
     return jobs
 
 
@@ -252,7 +258,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workers', type=int, default=os.cpu_count() or 1,
                    help='parallel processes (default: all cores)')
     p.add_argument('--no-qa', action='store_true', help='skip the QA items')
+    p.add_argument('--qa-frames', type=int, default=32,
+                   help='N of "frame k of N" in the QA items: the frames a model is shown '
+                        '(default 32, the benchmarks\' count)')
+    p.add_argument('--qa-per-task', type=int, default=4,
+                   help='QA items per task and scene (default 4; more gives the debiasing '
+                        'step a larger pool)')
+    p.add_argument('--qa-rules', choices=('official', 'exact'), default='official',
+                   help="question filters of generate_qa (default 'official')")
+    p.add_argument('--regenerate-qa', action='store_true',
+                   help='rewrite the QA items of existing shards with the current generator '
+                        'and --qa-* settings (from the stored id maps: nothing is re-rendered)')
     return p
+
+
+def regenerate_shard_qa(shard: Path, job: ShardJob) -> None:
+    """Rewrite one shard's QA column from its stored id maps (atomic: tmp + rename).
+
+    The scene and camera path come back from their seeds (`sample_sequence` is
+    deterministic, checked against the stored scene); visibility comes from the stored
+    per-pixel ids, as when the shard was rendered. Raises ValueError on a mismatch.
+    """
+    from datasets import Dataset, disable_progress_bars, load_from_disk
+    from vlm3r_ros.eval.qa import ALL_TASKS, Visibility, generate_qa
+    from vlm3r_ros.train.scene_sampling import sample_sequence
+    disable_progress_bars()
+    frames = load_from_disk(str(shard / 'frames'))
+    scenes = load_from_disk(str(shard / 'scenes'))
+    cols = scenes.to_dict()
+    by_seed = dict(iter_scene_frames(frames))
+    qa = []
+    for seed, scene_json in zip(cols['scene_seed'], cols['scene']):
+        spec = sample_sequence(seed, job.seconds, job.rate_hz, job.width, job.height)
+        if json.dumps(spec.scene.to_dict()) != scene_json:
+            raise ValueError(f'scene {seed} of {shard} does not match its seed')
+        n_obj = len(spec.scene.objects)
+        pixels = np.zeros((len(spec.trajectory), n_obj), dtype=np.int32)
+        for i, row in enumerate(by_seed[int(seed)]):
+            ids = decode_ids(frames[int(row)]['ids'])
+            valid = ids[ids >= 0].astype(np.int64)
+            if valid.size:
+                pixels[i] = np.bincount(valid, minlength=n_obj)[:n_obj]
+        vis = Visibility(pixels=pixels, image_pixels=job.width * job.height)
+        qa.append(json.dumps([item.to_dict() for item in generate_qa(
+            spec.scene, spec.trajectory, spec.K, job.width, job.height, seed=seed,
+            tasks=ALL_TASKS, visibility=vis, num_frames=job.qa_frames,
+            max_per_task=job.qa_per_task, rules=job.qa_rules)]))
+    cols['qa'] = qa
+    tmp = shard.with_name(shard.name + f'.qa{os.getpid()}')
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    Dataset.from_dict(cols, features=_features()[1]).save_to_disk(str(tmp))
+    old = shard / 'scenes.old'
+    (shard / 'scenes').rename(old)
+    tmp.rename(shard / 'scenes')
+    shutil.rmtree(old)
+
+
+def _regenerate(args: Any) -> tuple[Path, ShardJob]:
+    regenerate_shard_qa(*args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,9 +329,23 @@ def main(argv: list[str] | None = None) -> int:
                 'seed_base': SPLIT_SEED_BASE, 'seconds': seconds, 'rate_hz': args.rate_hz,
                 'width': args.width, 'height': args.height, 'shard_size': args.shard_size,
                 'depth_unit_m': 1.0 / DEPTH_SCALE, 'id_offset': ID_OFFSET,
-                'qa': not args.no_qa}
+                'qa': not args.no_qa, 'qa_frames': args.qa_frames,
+                'qa_per_task': args.qa_per_task, 'qa_rules': args.qa_rules}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / 'manifest.json'
+    jobs = plan_jobs(splits, args.shard_size, seconds, args.rate_hz, args.width, args.height,
+                     not args.no_qa, args.qa_frames, args.qa_per_task, args.qa_rules)
+    if args.regenerate_qa:
+        todo = [(shard_dir(args.out, j.split, j.index), j) for j in jobs
+                if shard_dir(args.out, j.split, j.index).is_dir()]
+        start = time.monotonic()
+        with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+            for _ in pool.map(_regenerate, todo):
+                pass
+        path.write_text(json.dumps(manifest, indent=1), encoding='utf8')
+        print(json.dumps({'shards_regenerated': len(todo),
+                          'seconds': round(time.monotonic() - start, 1)}))
+        return 0
     if path.is_file():
         old = json.loads(path.read_text(encoding='utf8'))
         if {k: v for k, v in old.items() if k != 'splits'} != \
@@ -275,8 +354,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     path.write_text(json.dumps(manifest, indent=1), encoding='utf8')
-    jobs = plan_jobs(splits, args.shard_size, seconds, args.rate_hz, args.width, args.height,
-                     not args.no_qa)
     stats = build(args.out, jobs, args.workers)
     print(json.dumps(stats))
     return 0

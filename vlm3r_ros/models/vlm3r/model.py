@@ -14,6 +14,8 @@ global state.
 from __future__ import annotations
 
 import contextlib
+import copy
+import re
 import string
 import threading
 import time
@@ -32,7 +34,7 @@ from vlm3r_ros.models.vlm3r.network import (
     Vlm3rNet, build_network, randomize_, torch_dtype)
 from vlm3r_ros.models.vlm3r.prefix_cache import PrefixCache, PrefixEntry, truncate_cache
 from vlm3r_ros.models.vlm3r.prompt import ChatPrompt, qwen_1_5_prompt
-from vlm3r_ros.models.vlm3r.tokenizer import (build_tiny_tokenizer, plain_token_ids,
+from vlm3r_ros.models.vlm3r.tokenizer import (IM_END, build_tiny_tokenizer, plain_token_ids,
                                               stop_token_ids)
 from vlm3r_ros.models.vlm3r.vision import preprocess_image, siglip_features
 from vlm3r_ros.models.vlm3r.visual_tokens import add_newline_tokens, pool_tokens
@@ -85,6 +87,38 @@ class AnswerStream(Iterator[str]):
         self.done = True
         self.text = self.text.strip()
         return self.text
+
+
+# What `number_distribution` lets an answer be: a prefix while growing, a number to end.
+_NUMBER_PREFIX = re.compile(r'\d+(\.\d*)?|\d*\.\d*')
+_NUMBER = re.compile(r'\d+(\.\d+)?')
+
+
+def frame_tokens_from_features(net: Vlm3rNet, profile: Profile, features: torch.Tensor,
+                               geometry: torch.Tensor | None,
+                               world_points: np.ndarray | torch.Tensor | None = None
+                               ) -> torch.Tensor:
+    """Turn SigLIP features of F frames into their LLM tokens, (F, tokens_per_frame, hidden).
+
+    `features` (F, grid*grid, vision_hidden); `geometry` (F, M, geometry_dim) CUT3R tokens for
+    'cross_attention' (None otherwise); `world_points` (H', W', 3) for one frame with
+    'position_encoding'. Fusion -> projector -> pooling -> [+ 3D position encoding] -> newline
+    tokens: the one path both `Vlm3rModel.encode_frame` and the trainer (with gradients) use.
+    """
+    if geometry is not None:
+        assert net.fusion_block is not None
+        features = net.fusion_block(features, geometry)
+    tokens = net.mm_projector(features)
+    tokens = pool_tokens(tokens, profile.vision_grid, profile.spatial_pool_stride,
+                         profile.spatial_pool_mode)
+    if profile.fusion == 'position_encoding' and world_points is not None:
+        grid = profile.pooled_grid
+        encoding = video3d_position_encoding(
+            world_points, grid, grid, tokens.shape[-1], profile.pe_min_xyz, profile.pe_max_xyz,
+            profile.pe_voxel_size, profile.pe_temperature)
+        tokens = tokens + encoding.to(device=tokens.device, dtype=tokens.dtype)
+    return torch.stack([add_newline_tokens(t, net.image_newline, profile.newline_position)
+                        for t in tokens])
 
 
 class Vlm3rModel:
@@ -230,20 +264,8 @@ class Vlm3rModel:
             pixels = preprocess_image(image, prof.vision_image_size, prof.image_mean,
                                       prof.image_std, self.device, self.dtype)
             features = siglip_features(self._net.vision_tower, pixels)
-            if geometry is not None:
-                assert self._net.fusion_block is not None
-                features = self._net.fusion_block(features, geometry)
-            tokens = self._net.mm_projector(features)
-            tokens = pool_tokens(tokens, prof.vision_grid, prof.spatial_pool_stride,
-                                 prof.spatial_pool_mode)[0]
-            if prof.fusion == 'position_encoding':
-                assert world_points is not None
-                grid = prof.pooled_grid
-                encoding = video3d_position_encoding(
-                    world_points, grid, grid, self.hidden_size, prof.pe_min_xyz, prof.pe_max_xyz,
-                    prof.pe_voxel_size, prof.pe_temperature)
-                tokens = tokens + encoding.to(device=self.device, dtype=self.dtype)
-            return add_newline_tokens(tokens, self._net.image_newline, prof.newline_position)
+            return frame_tokens_from_features(self._net, prof, features, geometry,
+                                              world_points)[0]
 
     # ----------------------------------------------------------------------------- language
     def _ids(self, text: str) -> torch.Tensor:
@@ -421,6 +443,91 @@ class Vlm3rModel:
             self._record(hit, entry, int(question.shape[0]), 0, start)
         probs = torch.softmax(logits[letter_ids], dim=0)
         return int(torch.argmax(probs)), [float(p) for p in probs]
+
+    def _number_tokens(self) -> dict[int, str]:
+        """Return {token id: text} of the tokens made only of digits and '.' (cached)."""
+        if getattr(self, '_number_vocab', None) is None:
+            vocab = {}
+            for index in range(len(self._tokenizer)):
+                text = self._tokenizer.decode([index])
+                if text and _NUMBER_PREFIX.fullmatch(text.strip()) and text.strip() == text:
+                    vocab[index] = text
+            self._number_vocab = vocab
+        return self._number_vocab
+
+    def number_distribution(self, prompt: str, frame_tokens: Sequence[torch.Tensor],
+                            beam: int = 16, max_tokens: int = 6,
+                            prefix_key: Hashable | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (values, probabilities) of the model's numeric answers, best first.
+
+        A beam search over answers made of number tokens (digits, '.'): at each step every
+        beam either ends (its probability times that of `<|im_end|>`, when it is a complete
+        number) or grows by a number token; the `beam` likeliest growing answers are kept
+        for up to `max_tokens` tokens. Probabilities are renormalised over the ended answers
+        (equal values merged). Cost: `max_tokens` forwards of `beam` tokens over a copy of the
+        prefix KV cache. Raises ValueError when no number could be formed.
+        """
+        numbers = self._number_tokens()
+        ids = torch.tensor(sorted(numbers), device=self.device)
+        texts = [numbers[int(i)] for i in ids]
+        end = self._tokenizer.convert_tokens_to_ids(IM_END)
+        finished: dict[float, float] = {}
+        start = time.perf_counter()
+        with self._lock, torch.no_grad(), \
+                self._prefixed(prompt, frame_tokens, prefix_key) as (entry, hit, question):
+            logp = torch.log_softmax(self._extend(entry, question).float(), dim=-1)[None]
+            beams: list[tuple[str, float]] = [('', 0.0)]
+            cache = None
+            for depth in range(max_tokens + 1):
+                grow: list[tuple[float, int, int, str]] = []
+                for b, (text, score) in enumerate(beams):
+                    if text and _NUMBER.fullmatch(text):
+                        value = float(text)
+                        finished[value] = np.logaddexp(finished.get(value, -np.inf),
+                                                       score + float(logp[b, end]))
+                    if depth == max_tokens:
+                        continue
+                    row = logp[b, ids].cpu().numpy()
+                    for k in np.argsort(-row)[:beam * 2]:
+                        grown = text + texts[k]
+                        if _NUMBER_PREFIX.fullmatch(grown):
+                            grow.append((score + float(row[k]), b, int(ids[k]), grown))
+                if not grow or depth == max_tokens:
+                    break
+                grow.sort(key=lambda g: -g[0])
+                grow = grow[:beam]
+                parents = torch.tensor([g[1] for g in grow], device=self.device)
+                if cache is None:
+                    cache = copy.deepcopy(entry.cache)
+                    cache.batch_repeat_interleave(len(beams))
+                cache.batch_select_indices(parents)
+                step = torch.tensor([[g[2]] for g in grow], device=self.device)
+                out = self._net.language_model(input_ids=step, past_key_values=cache,
+                                               use_cache=True)
+                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+                beams = [(g[3], g[0]) for g in grow]
+            self._record(hit, entry, int(question.shape[0]), 0, start)
+        if not finished:
+            raise ValueError('the model formed no number')
+        values = np.array(sorted(finished, key=lambda v: -finished[v]))
+        scores = np.array([finished[v] for v in values])
+        probs = np.exp(scores - scores.max())
+        return values, probs / probs.sum()
+
+    def estimate_number(self, prompt: str, frame_tokens: Sequence[torch.Tensor],
+                        mode: str = 'median', prefix_key: Hashable | None = None) -> float:
+        """Return a number from `number_distribution`: its weighted 'median' or 'expected'
+        value. The median suits MRA (robust to a heavy tail). Raises ValueError for an
+        unknown mode."""
+        if mode not in ('median', 'expected'):
+            raise ValueError(f"mode must be 'median' or 'expected', got {mode!r}")
+        values, probs = self.number_distribution(prompt, frame_tokens, prefix_key=prefix_key)
+        if mode == 'expected':
+            return float((values * probs).sum())
+        order = np.argsort(values)
+        cdf = np.cumsum(probs[order])
+        return float(values[order][int(np.searchsorted(cdf, 0.5))])
 
     def _letter_id(self, letter: str) -> int:
         """Return the token id an answer starting with `letter` begins with."""

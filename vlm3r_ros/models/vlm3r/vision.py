@@ -61,7 +61,17 @@ def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float], std: S
                          f'got {array.shape} {array.dtype}')
     # Frames decoded from ROS messages are read-only views of the message bytes.
     array = np.ascontiguousarray(array) if array.flags.writeable else array.copy()
-    pixels = torch.from_numpy(array).to(device).permute(2, 0, 1)[None].float()
+    return preprocess_batch(torch.from_numpy(array)[None], size, mean, std, device, dtype)
+
+
+def preprocess_batch(images: torch.Tensor, size: int, mean: Sequence[float],
+                     std: Sequence[float], device: torch.device | str,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """Batched `preprocess_image`: (B, H, W, 3) uint8 -> (B, 3, size, size) pixels.
+
+    The training code feeds frames through this so that it sees exactly what the node sees.
+    """
+    pixels = images.to(device).permute(0, 3, 1, 2).float()
     if pixels.shape[-2:] != (size, size):
         pixels = F.interpolate(pixels, size=(size, size), mode='bicubic', align_corners=False,
                                antialias=True).round().clamp(0, 255)

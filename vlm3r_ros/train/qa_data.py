@@ -1,0 +1,116 @@
+"""Spatial-QA training data: debiased items and per-scene frame features for `vlm3r-train`.
+
+For every scene of a `vlm3r-dataset` split the model sees the N frames the QA items were
+generated for (`sample_frame_indices`, N = the manifest's ``qa_frames``). Both frozen towers
+run once and are cached:
+- CUT3R streams *every* frame of the sequence in order, as the node does with a camera, and
+  the geometry tokens of the N sampled frames are kept;
+- the (pretrained, frozen) SigLIP tower's features of the N frames.
+The cache is a safetensors file per split (no pickle): ``vision`` (S, N, P, Dv) and
+``geometry`` (S, N, 1 + G, Dg) in float16, ``seeds`` (S,). Items are QAItem JSON.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlm3r_ros.eval.qa import QAItem, sample_frame_indices
+from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
+from vlm3r_ros.models.cut3r.stream import Cut3rStream
+from vlm3r_ros.models.profiles import Profile
+from vlm3r_ros.models.vlm3r.vision import build_siglip, preprocess_batch, siglip_features
+from vlm3r_ros.train.dataset import decode_rgb, iter_scene_frames, load_split
+
+
+def manifest(root: str | Path) -> dict:
+    """Return the dataset's manifest.json (raises FileNotFoundError without one)."""
+    return json.loads((Path(root) / 'manifest.json').read_text(encoding='utf8'))
+
+
+def load_items(root: str | Path, split: str) -> dict[int, list[QAItem]]:
+    """Return {scene seed: its QA items} of a split."""
+    scenes = load_split(root, split, 'scenes')
+    return {int(s): [QAItem.from_dict(d) for d in json.loads(q)]
+            for s, q in zip(scenes['scene_seed'], scenes['qa'])}
+
+
+@dataclass
+class FeatureCache:
+    """Frozen-tower features of the sampled frames of every scene of a split."""
+
+    seeds: list[int]
+    vision: torch.Tensor  # (S, N, P, Dv) float16
+    geometry: torch.Tensor  # (S, N, 1 + G, Dg) float16
+    frame_indices: torch.Tensor  # (S, N) trajectory index of each sampled frame
+
+    def index(self) -> dict[int, int]:
+        """Return {seed: row}."""
+        return {s: i for i, s in enumerate(self.seeds)}
+
+    def save(self, path: str | Path, meta: dict[str, str]) -> None:
+        """Write the cache as safetensors with ``meta`` (strings) in the header."""
+        save_file({'vision': self.vision.contiguous(), 'geometry': self.geometry.contiguous(),
+                   'frame_indices': self.frame_indices.contiguous(),
+                   'seeds': torch.tensor(self.seeds, dtype=torch.int64)}, str(path),
+                  metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> 'FeatureCache':
+        """Read a cache written by `save`."""
+        t = load_file(str(path))
+        return cls([int(s) for s in t['seeds']], t['vision'], t['geometry'],
+                   t['frame_indices'])
+
+
+@torch.no_grad()
+def build_feature_cache(root: str | Path, split: str, profile: Profile,
+                        vision_state: dict[str, torch.Tensor], cut3r_path: str | Path,
+                        num_frames: int, max_scenes: int | None = None,
+                        progress: bool = True) -> FeatureCache:
+    """Run CUT3R over every frame and SigLIP over the sampled frames of each scene."""
+    tower = build_siglip(profile)
+    tower.load_state_dict(vision_state)
+    tower.eval()
+    cut3r = load_cut3r(str(cut3r_path), device='cpu', dtype=torch.float32)
+    size = (profile.geometry_image_size, profile.geometry_image_size)
+    frames = load_split(root, split, 'frames')
+    seeds, vision, geometry, indices = [], [], [], []
+    start = time.monotonic()
+    for n, (seed, rows) in enumerate(iter_scene_frames(frames)):
+        if max_scenes is not None and n >= max_scenes:
+            break
+        images = [decode_rgb(frames[int(r)]['rgb']) for r in rows]
+        picked = sample_frame_indices(len(images), num_frames)
+        stream = Cut3rStream(cut3r, image_size=size, resize_mode=profile.geometry_resize_mode)
+        tokens = {}
+        for i, img in enumerate(images[:int(picked[-1]) + 1]):
+            out = stream.step(img)
+            if i in set(picked.tolist()):
+                tokens[i] = out.tokens.float()
+        pixels = preprocess_batch(torch.from_numpy(np.stack([images[i] for i in picked])),
+                                  profile.vision_image_size, profile.image_mean,
+                                  profile.image_std, 'cpu', torch.float32)
+        vision.append(siglip_features(tower, pixels).half())
+        geometry.append(torch.stack([tokens[int(i)] for i in picked]).half())
+        indices.append(torch.from_numpy(picked.astype(np.int64)))
+        seeds.append(seed)
+        if progress and n % 20 == 0:
+            print(f'[cache {split}] scene {n} ({time.monotonic() - start:.0f} s)', flush=True)
+    return FeatureCache(seeds, torch.stack(vision), torch.stack(geometry), torch.stack(indices))
+
+
+def flatten(items: dict[int, list[QAItem]], seeds: Sequence[int]) -> list[QAItem]:
+    """Return the items of ``seeds`` as one list (scene order kept)."""
+    return [i for s in seeds for i in items.get(s, [])]
+
+
+def scene_of(item: QAItem) -> int:
+    """Return the scene seed an item belongs to (from its id 's<seed>-<task>-<n>')."""
+    return int(item.id[1:].split('-', 1)[0])

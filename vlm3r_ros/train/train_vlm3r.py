@@ -1,0 +1,352 @@
+"""``vlm3r-train``: 3D reconstructive instruction tuning of the fused model (VLM-3R's recipe).
+
+    vlm3r-train --data data/vlm3r --out out/train_vlm3r            # small model, full LLM
+    vlm3r-train --data data/vlm3r --out out/train_vlm3r_blind --blind   # its blind twin
+    vlm3r-train --profile vlm3r-7b --base-model-dir BASE --lora-dir RELEASE \\
+        --cut3r CUT3R.pth --lora-r 128 --lora-alpha 256 --lr 2e-5 --device cuda
+
+As VLM-3R: the vision tower and CUT3R are frozen (their features are computed once per
+scene, `qa_data.build_feature_cache`); the fusion block, projector and LLM train with an
+answer-only loss (prompt and visual tokens masked) on spatial QA. The LLM trains fully at
+the small size, through LoRA (r 128 / alpha 256 on every Linear but lm_head) at 7B. Items
+are debiased first (`qa_debias`) so that text priors cannot stand in for looking; the blind
+twin trains on the same items without frames. The prompt is the node's
+(`answers.build_prompt` inside the qwen_1_5 template), so what is trained is what is served.
+
+Writes ``<out>/ckpt.pt`` (resumable: trainable tensors, optimiser, step; loaded with
+``weights_only=True``), ``<out>/metrics.jsonl``, ``<out>/items.json`` (the debias report and
+item counts) and ``<out>/release/{base,adapter}``: the official VLM-3R release layout (base
+directory + ``non_lora_trainables`` + LoRA adapter) that the node's unchanged loader reads.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from vlm3r_ros.eval.qa import QAItem
+from vlm3r_ros.models.profiles import get_profile
+from vlm3r_ros.models.vlm3r.checkpoint import save_base_checkpoint, save_vlm3r_adapter
+from vlm3r_ros.models.vlm3r.model import Vlm3rModel, frame_tokens_from_features
+from vlm3r_ros.models.vlm3r.prompt import qwen_1_5_prompt
+from vlm3r_ros.models.vlm3r.tokenizer import IM_END, plain_token_ids
+from vlm3r_ros.pipeline.answers import build_prompt
+from vlm3r_ros.train import qa_data
+from vlm3r_ros.train.lora_train import inject_lora, lora_pairs, remove_lora
+from vlm3r_ros.train.qa_debias import debias
+from vlm3r_ros.weights import CUT3R_SMALL
+
+
+@dataclass
+class TrainConfig:
+    """Everything one instruction-tuning run depends on."""
+
+    data: str = 'data/vlm3r'
+    out: str = 'out/train_vlm3r'
+    profile: str = 'tiny'
+    vision: str = 'out/pretrain_vision/vision.safetensors'  # tiny: the pretrained tower
+    cut3r: str = ''  # '' = the shipped small CUT3R (tiny); required for vlm3r-7b
+    base_model_dir: str = ''  # vlm3r-7b: LLaVA-NeXT-Video base in the official layout
+    lora_dir: str = ''  # vlm3r-7b: a VLM-3R release to start from (optional)
+    blind: bool = False  # train without frames: the blind twin
+    steps: int = 3000
+    batch: int = 16
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lora_r: int = 0  # 0 = full LLM tuning (small); 128 as the reference at 7B
+    lora_alpha: float = 256.0
+    lora_dropout: float = 0.05
+    debias_margin: float = 0.02
+    max_scenes: int = 0  # per split, 0 = all (smoke tests)
+    eval_every: int = 500
+    val_items: int = 400
+    seed: int = 0
+    device: str = 'cpu'
+    threads: int = 1
+    max_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
+    log_every: int = 25
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def target_text(item: QAItem) -> str:
+    """Return the answer the model is taught: the option letter or the number as text."""
+    return str(item.answer) if item.answer_type == 'option' else item.answer_text
+
+
+def item_prompt(item: QAItem) -> str:
+    """Return the user text the node builds for this item."""
+    return build_prompt(item.question, item.options, item.answer_type)
+
+
+def build_model(cfg: TrainConfig) -> Vlm3rModel:
+    """Return the model to tune: tiny with the pretrained tower, or a real checkpoint."""
+    if cfg.profile == 'tiny':
+        model = Vlm3rModel.random(get_profile('tiny', device=cfg.device), seed=cfg.seed)
+        if cfg.vision:
+            model.net.vision_tower.load_state_dict(load_file(cfg.vision))
+        return model
+    if not cfg.base_model_dir:
+        raise SystemExit(f'--base-model-dir is needed for profile {cfg.profile!r}')
+    return Vlm3rModel.from_profile(cfg.profile, base_model_dir=cfg.base_model_dir,
+                                   lora_dir=cfg.lora_dir or None, device=cfg.device,
+                                   dtype='bfloat16' if cfg.device != 'cpu' else 'float32')
+
+
+class Batcher:
+    """Turns QA items (+ cached frame features) into padded LLM inputs with answer labels."""
+
+    def __init__(self, model: Vlm3rModel, cache: qa_data.FeatureCache | None, blind: bool
+                 ) -> None:
+        """Tokenise the fixed template parts once."""
+        self.model = model
+        self.cache = cache
+        self.rows = cache.index() if cache is not None else {}
+        self.blind = blind
+        if model.profile.fusion != 'cross_attention' or model.profile.geometry_select != 'all':
+            raise ValueError('vlm3r-train caches CUT3R tokens for cross-attention fusion over '
+                             "all geometry tokens (geometry_select 'all')")
+        tok = model.tokenizer
+        chat = qwen_1_5_prompt('x', model.profile.system_prompt, has_image=not blind)
+        self.prefix = tok(chat.prefix, add_special_tokens=False)['input_ids']
+        self.tail = tok(chat.tail, add_special_tokens=False)['input_ids']
+        self.end = tok.convert_tokens_to_ids(IM_END)
+
+    def frame_tokens(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Return (B, frames * tokens_per_frame, hidden) visual tokens, with gradients."""
+        assert self.cache is not None
+        net, prof = self.model.net, self.model.profile
+        rows = torch.tensor([self.rows[s] for s in seeds])
+        vision = self.cache.vision[rows].to(self.model.device, torch.float32)
+        geometry = self.cache.geometry[rows].to(self.model.device, torch.float32)
+        b, n = vision.shape[:2]
+        geo = geometry.flatten(0, 1) if net.fusion_block is not None else None
+        tokens = frame_tokens_from_features(net, prof, vision.flatten(0, 1), geo)
+        return tokens.view(b, n * tokens.shape[1], tokens.shape[2]).to(self.model.dtype)
+
+    def sequences(self, items: Sequence[QAItem]) -> list[tuple[torch.Tensor, list[int]]]:
+        """Return per item (input embeddings (L, hidden), answer token ids at the end)."""
+        tok = self.model.tokenizer
+        embed = self.model.net.language_model.get_input_embeddings()
+        device = self.model.device
+        visual = None if self.blind else self.frame_tokens([qa_data.scene_of(i) for i in items])
+        out = []
+        for b, item in enumerate(items):
+            body = '\n' + item_prompt(item) if not self.blind else item_prompt(item)
+            user = plain_token_ids(tok, body)
+            answer = tok(target_text(item), add_special_tokens=False)['input_ids'] + [self.end]
+            head = torch.tensor(self.prefix, device=device)
+            rest = torch.tensor(user + self.tail + answer, device=device)
+            parts = [embed(head)] + ([visual[b]] if visual is not None else []) + [embed(rest)]
+            out.append((torch.cat(parts, dim=0), answer))
+        return out
+
+    def loss(self, items: Sequence[QAItem]) -> torch.Tensor:
+        """Return the mean answer-token cross-entropy of a batch (prompt and frames masked).
+
+        Sequences run one at a time: without padding the LLM takes its causal attention
+        fast path, and only the answer positions go through lm_head.
+        """
+        lm = self.model.net.language_model
+        total = torch.zeros((), device=self.model.device)
+        count = 0
+        for seq, answer in self.sequences(items):
+            hidden = lm.model(inputs_embeds=seq[None], use_cache=False).last_hidden_state[0]
+            n = len(answer)
+            logits = lm.lm_head(hidden[-n - 1:-1]).float()
+            target = torch.tensor(answer, device=logits.device)
+            total = total + torch.nn.functional.cross_entropy(logits, target, reduction='sum')
+            count += n
+        return total / max(1, count)
+
+
+def trainable_parameters(model: Vlm3rModel, cfg: TrainConfig) -> tuple[list[torch.nn.Parameter],
+                                                                        dict[str, Any]]:
+    """Freeze the vision tower; return the parameters to train and the LoRA wrappers."""
+    net = model.net
+    for p in net.parameters():
+        p.requires_grad_(False)
+    wrapped: dict[str, Any] = {}
+    if cfg.lora_r > 0:
+        wrapped = inject_lora(net.language_model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    else:
+        for p in net.language_model.parameters():
+            p.requires_grad_(True)
+    if not cfg.blind:
+        for module in (net.fusion_block, net.mm_projector):
+            if module is not None:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+        net.image_newline.requires_grad_(True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    params += [p for w in wrapped.values() for p in (w.lora_A, w.lora_B)]
+    return params, wrapped
+
+
+def prepare_data(cfg: TrainConfig, model: Vlm3rModel, out: Path
+                 ) -> tuple[list[QAItem], list[QAItem], qa_data.FeatureCache | None,
+                            qa_data.FeatureCache | None]:
+    """Debias the items and build (or reuse) the feature caches; returns train/val items."""
+    man = qa_data.manifest(cfg.data)
+    splits = {s: qa_data.load_items(cfg.data, s) for s in ('train', 'val', 'test')}
+    limit = cfg.max_scenes or None
+    flat = {s: qa_data.flatten(v, sorted(v)[:limit]) for s, v in splits.items()}
+    train, held, report = debias(flat['train'], {'val': flat['val'], 'test': flat['test']},
+                                 margin=cfg.debias_margin, seed=cfg.seed)
+    (out / 'items.json').write_text(json.dumps(
+        {'debias': {k: [r.to_dict() for r in v] for k, v in report.items()},
+         'items': {'train': len(train), **{k: len(v) for k, v in held.items()}}}, indent=1),
+        encoding='utf8')
+    if cfg.blind:
+        return train, held['val'], None, None
+    caches = []
+    for split in ('train', 'val'):
+        tag = f'-{cfg.max_scenes}' if cfg.max_scenes else ''
+        path = Path(cfg.data) / f'features-{split}-{cfg.profile}{tag}.safetensors'
+        meta = {'vision': cfg.vision, 'cut3r': cfg.cut3r or str(CUT3R_SMALL),
+                'num_frames': str(man['qa_frames'])}
+        if path.is_file():
+            cache = qa_data.FeatureCache.load(path)
+        else:
+            cache = qa_data.build_feature_cache(
+                cfg.data, split, model.profile, model.net.vision_tower.state_dict(),
+                cfg.cut3r or CUT3R_SMALL, int(man['qa_frames']), max_scenes=limit)
+            cache.save(path, meta)
+        caches.append(cache)
+    return train, held['val'], caches[0], caches[1]
+
+
+def export_release(model: Vlm3rModel, wrapped: dict[str, Any], cfg: TrainConfig,
+                   directory: Path) -> None:
+    """Write the official release layout: ``base/`` + ``adapter/`` (non-LoRA + LoRA)."""
+    pairs = lora_pairs(wrapped) if wrapped else None
+    if wrapped:
+        remove_lora(model.net.language_model, wrapped)
+    save_base_checkpoint(model, directory / 'base')
+    # Full tuning (small LLM): the tuned LLM lives in base/, the adapter is rank-8 zero-B
+    # (an identity merge), so the directory is still exactly what the loader expects.
+    save_vlm3r_adapter(model, directory / 'adapter', lora_pairs=pairs,
+                       r=cfg.lora_r or 8, alpha=cfg.lora_alpha if pairs else 16.0,
+                       non_lora_format='safetensors')
+    if wrapped:  # put the wrappers back so training could continue
+        for local, layer in wrapped.items():
+            parent_name, _, child = local.rpartition('.')
+            setattr(model.net.language_model.get_submodule(parent_name), child, layer)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) the tuning; return the final validation metrics."""
+    from vlm3r_ros.train.eval_vlm3r import evaluate_items  # the evaluator imports this module
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    train_items, val_items, train_cache, val_cache = prepare_data(cfg, model, out)
+    params, wrapped = trainable_parameters(model, cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batcher = Batcher(model, train_cache, cfg.blind)
+    step, minutes = 0, 0.0
+    ckpt_path = out / 'ckpt.pt'
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        for p, t in zip(params, ckpt['params']):
+            p.data.copy_(t)
+        opt.load_state_dict(ckpt['optimizer'])
+        step, minutes = int(ckpt['step']), float(ckpt['minutes'])
+        print(f'resumed at step {step}', flush=True)
+    rng = np.random.default_rng([cfg.seed, step])
+    val_rng = np.random.default_rng(cfg.seed + 1)
+    val_subset = [val_items[i] for i in sorted(val_rng.permutation(len(val_items))
+                                               [:cfg.val_items])]
+    log = (out / 'metrics.jsonl').open('a', encoding='utf8')
+    print(f'{len(train_items)} training items, {len(val_subset)} val items, '
+          f'{sum(p.numel() for p in params)} trainable parameters', flush=True)
+    model.net.train()
+    model.net.vision_tower.eval()
+    t0 = time.monotonic() - minutes * 60
+    metrics: dict[str, Any] = {}
+
+    def save() -> None:
+        torch.save({'params': [p.detach().cpu() for p in params],
+                    'optimizer': opt.state_dict(), 'step': step,
+                    'minutes': (time.monotonic() - t0) / 60}, out / 'ckpt.tmp')
+        (out / 'ckpt.tmp').replace(ckpt_path)
+
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group['lr'] = learning_rate(cfg, step)
+        batch = [train_items[i] for i in rng.integers(len(train_items), size=cfg.batch)]
+        loss = batcher.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        elapsed = (time.monotonic() - t0) / 60
+        if step % cfg.log_every == 0 or step == 1:
+            row = {'step': step, 'loss': round(loss.item(), 4), 'lr': learning_rate(cfg, step),
+                   'minutes': round(elapsed, 2)}
+            log.write(json.dumps(row) + '\n')
+            log.flush()
+            print(json.dumps(row), flush=True)
+        last = step == cfg.steps or (cfg.max_minutes and elapsed > cfg.max_minutes)
+        if step % cfg.eval_every == 0 or last:
+            model.net.eval()
+            metrics = evaluate_items(model, val_subset, val_cache, blind=cfg.blind).summary()
+            model.net.train()
+            model.net.vision_tower.eval()
+            row = {'step': step, 'val': metrics, 'minutes': round(elapsed, 2)}
+            log.write(json.dumps(row) + '\n')
+            log.flush()
+            print(json.dumps(row), flush=True)
+            save()
+        if last:
+            break
+    model.net.eval()
+    export_release(model, wrapped, cfg, out / 'release')
+    (out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg), indent=1),
+                                     encoding='utf8')
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser: one flag per `TrainConfig` field."""
+    p = argparse.ArgumentParser(prog='vlm3r-train', description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(TrainConfig):
+        flag = '--' + f.name.replace('_', '-')
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action='store_true', default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``vlm3r-train``; return 0."""
+    args = build_parser().parse_args(argv)
+    train(TrainConfig(**vars(args)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
