@@ -391,45 +391,55 @@ def main(argv: list[str] | None = None) -> int:
     run.doc['size'] = asdict(spec)
     run.doc['device'] = str(device)
     clock, meter = Clock(device), MemoryMeter(device)
-    need = spec.need_s
-    if 'ceilings' not in args.skip:
-        run.stage('ceilings', need['ceilings'], lambda: ceilings_stage(run, clock, spec, dtypes))
-    else:
-        run.doc['skipped'].append({'stage': 'ceilings', 'reason': '--skip (no floors)'})
-    llm_dtypes = [] if 'llm' in args.skip else list(dtypes)
-    cut3r_dtypes = [] if 'cut3r' in args.skip else list(dtypes)
 
-    def llm(dtype_name: str) -> None:
-        llm_stage(run.doc, clock, meter, spec, dtype_name, device, frame_image())
+    def stages() -> None:
+        """Run the stages in priority order (each skipped when it would not fit)."""
+        need = spec.need_s
+        if 'ceilings' not in args.skip:
+            run.stage('ceilings', need['ceilings'],
+                      lambda: ceilings_stage(run, clock, spec, dtypes))
+        else:
+            run.doc['skipped'].append({'stage': 'ceilings', 'reason': '--skip (no floors)'})
+        llm_dtypes = [] if 'llm' in args.skip else list(dtypes)
+        cut3r_dtypes = [] if 'cut3r' in args.skip else list(dtypes)
 
-    # Priority order: everything in the first dtype, then the second dtype, then the slow
-    # compiled runners and ONNX (so a tight budget keeps the most important figures).
-    if llm_dtypes:
-        run.stage(f'llm:{llm_dtypes[0]}', need['llm'], lambda: llm(llm_dtypes[0]))
-    model: Cut3rModel | None = None
-    if cut3r_dtypes:
-        def build() -> None:
-            nonlocal model
-            model = build_cut3r(spec, device)
-        run.stage('cut3r:build', need['cut3r_eager'] / 3, build)
-    fast = [m for m in args.cut3r_modes if m in ('eager', 'stream', 'graph')]
-    slow = [m for m in args.cut3r_modes if m in ('compiled', 'compiled_graph')]
-    if model is not None:
-        for dtype_name in cut3r_dtypes:
-            run.stage(f'cut3r:{dtype_name}:fast', need['cut3r_eager'],
-                      lambda d=dtype_name: cut3r_stage(run, clock, meter, spec, model, d, fast,
-                                                       backend))
-    for dtype_name in llm_dtypes[1:]:
-        run.stage(f'llm:{dtype_name}', need['llm'], lambda d=dtype_name: llm(d))
-    if model is not None and slow:
-        for dtype_name in cut3r_dtypes:
-            run.stage(f'cut3r:{dtype_name}:compiled', need['cut3r_compile'],
-                      lambda d=dtype_name: cut3r_stage(run, clock, meter, spec, model, d, slow,
-                                                       backend))
-    if model is not None and 'onnx' in args.cut3r_modes:
-        run.stage('cut3r:onnx', need['onnx'],
-                  lambda: cut3r_stage(run, clock, meter, spec, model, cut3r_dtypes[0],
-                                      ['onnx'], backend))
+        def llm(dtype_name: str) -> None:
+            llm_stage(run.doc, clock, meter, spec, dtype_name, device, frame_image())
+
+        # Priority order: everything in the first dtype, then the second dtype, then the slow
+        # compiled runners and ONNX (so a tight budget keeps the most important figures).
+        if llm_dtypes:
+            run.stage(f'llm:{llm_dtypes[0]}', need['llm'], lambda: llm(llm_dtypes[0]))
+        model: Cut3rModel | None = None
+        if cut3r_dtypes:
+            def build() -> None:
+                nonlocal model
+                model = build_cut3r(spec, device)
+            run.stage('cut3r:build', need['cut3r_eager'] / 3, build)
+        fast = [m for m in args.cut3r_modes if m in ('eager', 'stream', 'graph')]
+        slow = [m for m in args.cut3r_modes if m in ('compiled', 'compiled_graph')]
+        if model is not None:
+            for dtype_name in cut3r_dtypes:
+                run.stage(f'cut3r:{dtype_name}:fast', need['cut3r_eager'],
+                          lambda d=dtype_name: cut3r_stage(run, clock, meter, spec, model, d, fast,
+                                                           backend))
+        for dtype_name in llm_dtypes[1:]:
+            run.stage(f'llm:{dtype_name}', need['llm'], lambda d=dtype_name: llm(d))
+        if model is not None and slow:
+            for dtype_name in cut3r_dtypes:
+                run.stage(f'cut3r:{dtype_name}:compiled', need['cut3r_compile'],
+                          lambda d=dtype_name: cut3r_stage(run, clock, meter, spec, model, d, slow,
+                                                           backend))
+        if model is not None and 'onnx' in args.cut3r_modes:
+            run.stage('cut3r:onnx', need['onnx'],
+                      lambda: cut3r_stage(run, clock, meter, spec, model, cut3r_dtypes[0],
+                                          ['onnx'], backend))
+
+    try:
+        stages()
+    except KeyboardInterrupt:  # the one-shot script's time guard (SIGINT)
+        run.doc['errors'].append({'stage': 'interrupted', 'error': 'KeyboardInterrupt: '
+                                  'stopped by the time guard; earlier stages kept'})
     run.doc['memory'] = meter.summary()
     run.save()
     print(table(run.doc), flush=True)
