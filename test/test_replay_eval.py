@@ -89,12 +89,19 @@ def test_select_items_and_node_parameters(tmp_path, scene_traj):
 
 
 class FakeMonitor:
-    """Stands in for NodeMonitor: the node counts ``delivered`` frames, none else."""
+    """Stands in for NodeMonitor: the node counts ``count`` frames; ``status()`` is a new
+    status arriving now (``updates`` and ``status_mono`` as NodeMonitor keeps them)."""
 
     period_s = 0.05
 
     def __init__(self):
         self.count = 100  # frames the node had before the replay
+        self.updates = 0
+        self.status_mono = None
+
+    def status(self):
+        self.updates += 1
+        self.status_mono = time.monotonic()
 
     def ingested(self):
         return self.count
@@ -110,24 +117,34 @@ class FakeMonitor:
         return True
 
 
-def test_pacer_writes_off_lost_frames_in_ingest_mode_only():
+def test_pacer_writes_off_lost_frames_at_the_next_status_and_times_out_per_frame():
     monitor = FakeMonitor()
-    pacer = StatusPacer(monitor, 'ingest', window=3, timeout_s=5.0, min_stall_s=0.2,
-                        stall_periods=1.0)
+    pacer = StatusPacer(monitor, 'ingest', window=3, timeout_s=5.0, latency_s=0.1)
     assert pacer.start(1.0) and pacer.done() == 0
     monitor.count += 1  # frame 1 arrives
     assert pacer(1) and pacer(2) and pacer(3)  # window 3: nothing to wait for
     monitor.count += 1  # one more arrives, one is lost on the way
+    monitor.status()  # too soon after the frames went out: says nothing about them yet
+    assert pacer.done() == 2
+    time.sleep(0.15)
     started = time.monotonic()
-    assert pacer.finish(3)  # the missing frame is written off once it is overdue
-    assert 0.15 <= time.monotonic() - started < 2.0
+    monitor.status()  # a status well after frame 3 went out still misses one frame
+    assert pacer.finish(3) and time.monotonic() - started < 0.5  # written off, no timeout
     assert pacer.lost == 1 and pacer.timeouts == 0 and pacer.done() == 3
+    # No status ever counts frame 4: it times out after timeout_s and the replay goes on.
+    slow = StatusPacer(monitor, 'ingest', window=1, timeout_s=0.2, max_timeouts=2)
+    assert slow.start(1.0)
+    started = time.monotonic()
+    assert not slow(1) and not slow(2)
+    assert 0.35 <= time.monotonic() - started < 1.5
+    assert slow.timeouts == 2 and slow.given_up == 2 and not slow.enabled  # node silent
     geometry = StatusPacer(FakeMonitor(), 'geometry', window=1, timeout_s=0.2,
                            max_timeouts=2)
     assert geometry.start(1.0)
-    assert not geometry(1) and not geometry(2)  # a slow encoder is not a loss
-    assert geometry.lost == 0 and geometry.timeouts == 2 and not geometry.enabled
-    assert not geometry(3) and geometry.timeouts == 2  # switched off: no more waiting
+    assert not geometry(1)
+    geometry.monitor.status()  # the node is alive, only its encoder is slow
+    assert not geometry(2) and geometry.enabled and geometry.timeouts == 2
+    assert geometry.lost == 0  # a slow encoder is not a loss
 
 
 # ------------------------------------------------------------------ replay into the node

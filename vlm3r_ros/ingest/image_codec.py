@@ -11,11 +11,14 @@ message fit for a log line or a diagnostic.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from vlm3r_ros.pipeline.errors import echo
 
 # Frames larger than this are rejected before any allocation (a 16k-wide image is a bug
 # or an attack, not a camera frame this node can use).
@@ -90,7 +93,7 @@ def _as_array(encoding: str, height: int, width: int, step: int, data: bytes | b
     """Return a HxWxC view of ``data`` for a known raw encoding (no copy when possible)."""
     if encoding not in _LAYOUT:
         raise ImageDecodeError(
-            f'unsupported encoding {encoding!r}; supported: '
+            f'unsupported encoding {echo(encoding)}; supported: '
             f'{", ".join(COLOR_ENCODINGS + DEPTH_ENCODINGS)}')
     _check_size(height, width)
     channels, dtype = _LAYOUT[encoding]
@@ -147,7 +150,8 @@ def decode_depth(encoding: str, height: int, width: int, step: int, data: bytes,
     become NaN. Raises ImageDecodeError for other encodings or malformed data.
     """
     if encoding not in DEPTH_ENCODINGS + ('mono16',):
-        raise ImageDecodeError(f'unsupported depth encoding {encoding!r}; use 16UC1 or 32FC1')
+        raise ImageDecodeError(f'unsupported depth encoding {echo(encoding)}; use 16UC1 or '
+                               '32FC1')
     arr = _as_array(encoding, height, width, step, data, is_bigendian)[:, :, 0]
     depth = arr.astype(np.float32) * np.float32(depth_scale if arr.dtype.kind == 'u' else 1.0)
     depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
@@ -165,11 +169,11 @@ def decode_compressed(fmt: str, data: bytes) -> np.ndarray:
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
-        raise ImageDecodeError(f'compressed image ({fmt or "no format"}) has no data')
+        raise ImageDecodeError(f'compressed image ({_format_name(fmt)}) has no data')
     raw = buf.tobytes() if not isinstance(data, bytes) else data
     if not (raw[:3] == b'\xff\xd8\xff' or raw[:8] == _PNG_MAGIC):
         raise ImageDecodeError(
-            f'compressed image ({fmt or "no format"}) is neither JPEG nor PNG')
+            f'compressed image ({_format_name(fmt)}) is neither JPEG nor PNG')
     if raw[:2] == b'\xff\xd8' and raw[-2:] != b'\xff\xd9':
         # OpenCV decodes truncated JPEGs with grey fill and only a warning: reject them.
         raise ImageDecodeError('JPEG data is truncated (no end-of-image marker)')
@@ -182,15 +186,21 @@ def decode_compressed(fmt: str, data: bytes) -> np.ndarray:
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:  # OpenCV's size limits raise instead of returning None
-        raise ImageDecodeError(f'compressed image ({fmt or "no format"}) was refused by the '
+        raise ImageDecodeError(f'compressed image ({_format_name(fmt)}) was refused by the '
                                f'decoder: {str(exc).strip().splitlines()[-1]}') from None
     if image is None:
-        raise ImageDecodeError(f'compressed image ({fmt or "no format"}) could not be decoded')
+        raise ImageDecodeError(f'compressed image ({_format_name(fmt)}) could not be decoded')
     _check_size(*image.shape[:2])
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _format_name(fmt: str) -> str:
+    """Return a CompressedImage format string fit for an error message (clipped)."""
+    return echo(fmt, 40) if fmt else 'no format'
+
 # JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC) carry the image size.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_SOF_RE = re.compile(b'\xff[' + bytes(sorted(_JPEG_SOF)) + b']')
@@ -273,4 +283,33 @@ def intrinsics_from_k(k: list[float] | np.ndarray, width: int, height: int) -> I
     if not np.all(np.isfinite([fx, fy, cx, cy])) or fx <= 0 or fy <= 0:
         raise ImageDecodeError(f'camera_info intrinsics are invalid (fx={fx}, fy={fy}, '
                                f'cx={cx}, cy={cy}); is the camera calibrated?')
+    _check_plausible(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
     return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+
+
+# A pinhole camera_info is refused when it implies a field of view outside these (deg) on
+# either axis, pixels more than this far from square, or a principal point farther than
+# this fraction of the size outside the image: such a K (fx = 1e-30, a K for another
+# camera) would put every back-projected depth point somewhere absurd.
+MIN_FOV_DEG, MAX_FOV_DEG = 0.5, 175.0
+MAX_PIXEL_ASPECT = 4.0
+PRINCIPAL_POINT_MARGIN = 0.25
+
+
+def _check_plausible(fx: float, fy: float, cx: float, cy: float, width: int,
+                     height: int) -> None:
+    """Raise ImageDecodeError for intrinsics no real pinhole camera of that size has."""
+    for axis, f, size in (('x', fx, width), ('y', fy, height)):
+        fov = math.degrees(2.0 * math.atan(size / (2.0 * f)))
+        if not MIN_FOV_DEG <= fov <= MAX_FOV_DEG:
+            raise ImageDecodeError(
+                f'camera_info f{axis}={f:.4g} px gives a {fov:.3g} deg field of view over '
+                f'{size} px (plausible: {MIN_FOV_DEG:g}..{MAX_FOV_DEG:g} deg); is it the '
+                'calibration of this camera?')
+    if not 1.0 / MAX_PIXEL_ASPECT <= fx / fy <= MAX_PIXEL_ASPECT:
+        raise ImageDecodeError(f'camera_info fx={fx:.4g} and fy={fy:.4g} differ by more than '
+                               f'{MAX_PIXEL_ASPECT:g}x (pixels are nearly square)')
+    m = PRINCIPAL_POINT_MARGIN
+    if not (-m * width <= cx <= (1 + m) * width and -m * height <= cy <= (1 + m) * height):
+        raise ImageDecodeError(f'camera_info principal point ({cx:.4g}, {cy:.4g}) is far '
+                               f'outside the {width}x{height} image')

@@ -54,6 +54,11 @@ SPECS: tuple[Spec, ...] = (
          '(sensor-data QoS) matches most camera drivers and also reliable publishers.',
          choices=('best_effort', 'reliable')),
     Spec('qos_depth', 5, 'Image subscription queue depth.', 1, 100),
+    Spec('camera_rate_hz', 0.0, "The camera's frame rate, for the estimate of frames lost "
+         'before the node (stamp gaps); 0: estimated from the stamps.', 0.0, 1000.0),
+    Spec('max_pose_position_m', 10000.0, 'Poses (pose_topic, TF) farther than this from the '
+         'map origin on any axis are rejected (m); geographic coordinates belong in a local '
+         'map frame.', 1.0, 1e9),
     # Buffer and keyframes
     Spec('buffer_max_frames', 256, 'Most frames kept in the sliding buffer.', 1, 100000),
     Spec('buffer_max_span_s', 120.0, 'Longest time span kept in the buffer (s).', 0.1, 86400.0),
@@ -201,6 +206,8 @@ class NodeConfig:
     tf_camera_frame: str
     qos_reliability: str
     qos_depth: int
+    camera_rate_hz: float
+    max_pose_position_m: float
     buffer_max_frames: int
     buffer_max_span_s: float
     buffer_max_mb: float
@@ -303,6 +310,7 @@ LIVE: frozenset[str] = frozenset({
     'max_new_tokens', 'option_decoding', 'answer_parser', 'request_timeout_s',
     'max_question_chars',
     'route_max_keyframes', 'route_min_goal_probability', 'route_turn_threshold_deg',
+    'camera_rate_hz', 'max_pose_position_m',
     'stale_timeout_s', 'unload_on_deactivate', 'max_input_age_s', 'stamp_skew_warn_s',
 })
 _BY_NAME = {spec.name: spec for spec in SPECS}

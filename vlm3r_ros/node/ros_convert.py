@@ -10,12 +10,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseStamped
 from nav_msgs.msg import Odometry, Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from transforms3d.quaternions import mat2quat, quat2mat
+from transforms3d.quaternions import mat2quat
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vlm3r_ros.ingest.image_codec import (
     Intrinsics, decode_color, decode_compressed, decode_depth, intrinsics_from_k)
 from vlm3r_ros.pipeline.engine import EngineStatus
+from vlm3r_ros.pipeline.input_checks import MAX_POSITION_M, pose_matrix
+from vlm3r_ros.pipeline.input_monitor import InputReport
 from vlm3r_ros.pipeline.requests import RouteResult
 
 NS = 1_000_000_000
@@ -62,42 +64,35 @@ def rgb_to_image(rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera') -> Im
     return msg
 
 
-def pose_to_matrix(pose: Pose) -> np.ndarray:
+def pose_to_matrix(pose: Pose, max_position_m: float = MAX_POSITION_M) -> np.ndarray:
     """Return a 4x4 matrix for a ``geometry_msgs/Pose``.
 
-    Raises ValueError for a non-finite pose or a zero quaternion (an unset orientation,
-    which quat2mat would silently turn into the identity rotation).
+    Raises ValueError for a non-finite pose, a position beyond ``max_position_m``, or a
+    quaternion off unit norm (a zero one included, which quat2mat would silently turn
+    into the identity); see :func:`vlm3r_ros.pipeline.input_checks.pose_matrix`.
     """
-    q = pose.orientation
-    quat = np.array([q.w, q.x, q.y, q.z], dtype=np.float64)
-    if not np.all(np.isfinite(quat)) or float(quat @ quat) < 1e-12:
-        raise ValueError(f'pose orientation is not a valid quaternion '
-                         f'(w={q.w}, x={q.x}, y={q.y}, z={q.z})')
-    out = np.eye(4)
-    out[:3, :3] = quat2mat(quat)
-    out[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
-    if not np.all(np.isfinite(out[:3, 3])):
-        raise ValueError(f'pose position is not finite ({out[0, 3]}, {out[1, 3]}, {out[2, 3]})')
-    return out
+    p, q = pose.position, pose.orientation
+    return pose_matrix((p.x, p.y, p.z), (q.w, q.x, q.y, q.z), max_position_m)
 
 
-def transform_to_matrix(msg: Any) -> np.ndarray:
-    """Return a 4x4 matrix for a ``geometry_msgs/Transform`` (or TransformStamped)."""
+def transform_to_matrix(msg: Any, max_position_m: float = MAX_POSITION_M) -> np.ndarray:
+    """Return a 4x4 matrix for a ``geometry_msgs/Transform`` (or TransformStamped).
+
+    Raises ValueError as :func:`pose_to_matrix` does.
+    """
     t = getattr(msg, 'transform', msg)
-    q = t.rotation
-    out = np.eye(4)
-    out[:3, :3] = quat2mat([q.w, q.x, q.y, q.z])
-    out[:3, 3] = [t.translation.x, t.translation.y, t.translation.z]
-    return out
+    q, v = t.rotation, t.translation
+    return pose_matrix((v.x, v.y, v.z), (q.w, q.x, q.y, q.z), max_position_m)
 
 
-def pose_msg_to_matrix(msg: PoseStamped | Odometry) -> tuple[int, np.ndarray]:
+def pose_msg_to_matrix(msg: PoseStamped | Odometry,
+                       max_position_m: float = MAX_POSITION_M) -> tuple[int, np.ndarray]:
     """Return (stamp_ns, 4x4 camera-to-world) from an odometry or pose message.
 
-    Raises ValueError for an invalid orientation (see :func:`pose_to_matrix`).
+    Raises ValueError for an invalid pose (see :func:`pose_to_matrix`).
     """
     pose = msg.pose.pose if isinstance(msg, Odometry) else msg.pose
-    return stamp_to_ns(msg.header.stamp), pose_to_matrix(pose)
+    return stamp_to_ns(msg.header.stamp), pose_to_matrix(pose, max_position_m)
 
 
 def matrix_to_pose(matrix: np.ndarray) -> Pose:
@@ -166,12 +161,15 @@ def _kv(key: str, value: object) -> KeyValue:
 
 
 def diagnostics(status: EngineStatus, stream_state: str, input_desc: str, node_name: str,
-                stamp: Time, seconds_since_frame: float | None) -> DiagnosticArray:
+                stamp: Time, seconds_since_frame: float | None,
+                inputs: InputReport | None = None) -> DiagnosticArray:
     """Return the node's diagnostics: the input stream and the model, each with a level.
 
     Input: OK while frames arrive, WARN when none arrived for a while (naming the topic and
-    QoS). Model: OK when ready, WARN while loading or not configured, ERROR with the reason
-    when loading failed.
+    QoS), and WARN with the problems of ``inputs`` (zero stamps naming the topic, frames
+    lost before the node with QoS advice, calibration or depth of another size). Model:
+    OK when ready, WARN while loading or not configured, ERROR with the reason when
+    loading failed.
     """
     array = DiagnosticArray()
     array.header.stamp = stamp
@@ -190,6 +188,16 @@ def diagnostics(status: EngineStatus, stream_state: str, input_desc: str, node_n
                      _kv('buffer_length', status.buffer_length),
                      _kv('buffer_span_s', f'{status.buffer_span_s:.2f}'),
                      _kv('buffer_resets', status.buffer_resets)]
+    if inputs is not None:
+        if inputs.warnings:
+            stream.level = DiagnosticStatus.WARN
+            head = '' if stream_state == 'OK' else stream.message + '; '
+            stream.message = head + '; '.join(inputs.warnings)
+        loss = inputs.loss
+        stream.values += [_kv(k, v) for k, v in inputs.counters.as_dict().items()]
+        stream.values += [_kv('frames_lost_estimated', loss.lost),
+                          _kv('recent_loss_ratio', f'{loss.recent_ratio:.3f}'),
+                          _kv('stream_period_s', f'{loss.period_s or 0.0:.4f}')]
     model = DiagnosticStatus(name=f'{node_name}: model', hardware_id=status.model_profile)
     state = status.model_state.name
     if state == 'READY':

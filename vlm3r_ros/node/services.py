@@ -19,7 +19,7 @@ from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.node.query_action import QueryActionServer
 from vlm3r_ros.node.ros_convert import finite_or_nan, ns_to_stamp, route_to_path, stamp_to_ns
 from vlm3r_ros.pipeline.call_gate import CallGate, Wait
-from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
+from vlm3r_ros.pipeline.errors import ErrorCode, RequestError, bound_message
 from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
                                          validate_route)
 from vlm3r_ros.srv import PlanRoute, SpatialQuery
@@ -164,7 +164,7 @@ class RequestServer:
         """Fill a SpatialQuery response (or action result); publish the keyframes on OK."""
         out.success = result.code == ErrorCode.OK
         out.error_code = int(result.code)
-        out.message = result.message
+        out.message = bound_message(result.message)
         out.answer = result.answer
         out.value = finite_or_nan(result.value)
         out.option_index = int(result.option_index)
@@ -189,7 +189,7 @@ class RequestServer:
     def _fill_route(self, result: RouteResult, out: Any) -> None:
         out.success = result.code == ErrorCode.OK
         out.error_code = int(result.code)
-        out.message = result.message
+        out.message = bound_message(result.message)
         out.steps = list(result.steps)
         out.model_steps = list(result.model_steps)
         config = self._node.config
@@ -230,9 +230,10 @@ class RequestServer:
         except Exception as exc:  # noqa: BLE001 - every goal gets a result
             self._node.get_logger().error(f'route action failed: {exc!r}')
             goal_handle.abort()
-            return PlanRouteAction.Result(error_code=int(ErrorCode.INTERNAL_ERROR),
-                                          message=f'{type(exc).__name__}: {exc}',
-                                          elapsed_s=time.monotonic() - started)
+            return PlanRouteAction.Result(
+                error_code=int(ErrorCode.INTERNAL_ERROR),
+                message=bound_message(f'{type(exc).__name__}: {exc}'),
+                elapsed_s=time.monotonic() - started)
         finally:
             self.gate.leave()  # the result goes out on a task the executor runs next
 
@@ -283,6 +284,6 @@ def _fail(response: Any, code: ErrorCode, message: str, started: float) -> Any:
     """Fill a SpatialQuery or PlanRoute response with an error and return it."""
     response.success = False
     response.error_code = int(code)
-    response.message = message
+    response.message = bound_message(message)
     response.elapsed_s = time.monotonic() - started
     return response

@@ -42,6 +42,8 @@ from vlm3r_ros.node.ros_convert import (
     points_to_path, pose_msg_to_matrix, stamp_to_ns, transform_to_matrix)
 from vlm3r_ros.node.services import RequestServer, track_responses
 from vlm3r_ros.pipeline.engine import ModelState, SpatialEngine
+from vlm3r_ros.pipeline.input_checks import calibration_problem, depth_size_problem, stamp_problem
+from vlm3r_ros.pipeline.input_monitor import InputMonitor
 from vlm3r_ros.pipeline.pairing import DepthPairer, Paired
 
 STREAM_STATES = {SceneStatus.STREAM_WAITING: 'WAITING', SceneStatus.STREAM_OK: 'OK',
@@ -97,7 +99,7 @@ class Vlm3rNode(LifecycleNode):
         self._rejected = 0
         self._rate_mark = (time.monotonic(), 0, 0)
         self._rates = (0.0, 0.0)
-        self._warned: set[str] = set()
+        self._inputs = InputMonitor()  # input checks' counters, loss estimate, log limits
 
     # ------------------------------------------------------------------ lifecycle
     def autostart(self) -> None:
@@ -135,6 +137,9 @@ class Vlm3rNode(LifecycleNode):
         self.engine = SpatialEngine(cfg.engine_config(), loader)
         self._depths = DepthPairer(tolerance_ns=int(cfg.depth_tolerance_s * 1e9),
                                    reset_threshold_ns=int(cfg.stamp_reset_threshold_s * 1e9))
+        self._inputs = InputMonitor(self.resolve_topic_name(cfg.subscribed_image_topic),
+                                    cfg.qos_reliability, cfg.image_transport,
+                                    pause_s=cfg.stale_timeout_s, rate_hz=cfg.camera_rate_hz)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self._status_pub = self.create_publisher(SceneStatus, '~/status', 10)
@@ -269,6 +274,7 @@ class Vlm3rNode(LifecycleNode):
                 self.config = new
                 self._depths.tolerance_ns = int(new.depth_tolerance_s * 1e9)
                 self._depths.reset_threshold_ns = int(new.stamp_reset_threshold_s * 1e9)
+                self._inputs.set_rate(new.camera_rate_hz)
                 self.get_logger().info('parameters applied live: ' + ', '.join(
                     f'{k}={v!r}' for k, v in changes.items()))
         if reason is not None:
@@ -294,17 +300,33 @@ class Vlm3rNode(LifecycleNode):
         return f'{self.resolve_topic_name(cfg.subscribed_image_topic)} ' \
                f'[{cfg.qos_reliability}, depth {cfg.qos_depth}]'
 
-    def _reject(self, what: str, exc: Exception) -> None:
-        """Count and log (once per distinct reason) an input that could not be used."""
+    def _reject(self, what: str, exc: Exception | str, counter: str | None = None) -> None:
+        """Count and log (rate-limited per reason) an input that could not be used."""
         self._rejected += 1
-        reason = f'{what}: {exc}'
-        if reason not in self._warned and len(self._warned) < 100:
-            self._warned.add(reason)
-            self.get_logger().warning(f'rejected {reason}')
+        if counter is not None:
+            self._inputs.count(counter)
+        line = self._inputs.reject_line(what, str(exc), time.monotonic())
+        if line is not None:
+            self.get_logger().warning(line)
+
+    def _bad_stamp(self, what: str, topic: str, header: Any) -> bool:
+        """Reject (count, WARN naming the topic) a message with an unusable stamp."""
+        reason = stamp_problem(header.stamp.sec, header.stamp.nanosec)
+        if reason is None:
+            return False
+        self._rejected += 1
+        line = self._inputs.bad_stamp(what, self.resolve_topic_name(topic), reason,
+                                      time.monotonic())
+        if line is not None:
+            self.get_logger().warning(line)
+        return True
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         engine = self.engine
         if engine is None:
+            return
+        assert self.config is not None
+        if self._bad_stamp('image', self.config.subscribed_image_topic, msg.header):
             return
         if not self._input_clock.admit(msg.header):
             return  # older than max_input_age_s (counted)
@@ -315,14 +337,18 @@ class Vlm3rNode(LifecycleNode):
         except ImageDecodeError as exc:
             self._reject('image', exc)
             return
-        self._last_frame_mono = time.monotonic()
+        now = self._last_frame_mono = time.monotonic()
         k = self._intrinsics
         K = None
-        if k is not None and (k.width, k.height) != (rgb.shape[1], rgb.shape[0]):
-            k = None  # calibration for another resolution: unusable for this frame
-        if k is not None:
+        mismatch = None if k is None else \
+            calibration_problem((k.width, k.height), (rgb.shape[1], rgb.shape[0]))
+        if mismatch is not None:  # calibration for another resolution: unusable here
+            self._inputs.count('calibration_mismatched', mismatch, now)
+            self._warn_limited(mismatch, now)
+        elif k is not None:
             K = k.matrix()
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        self._inputs.frame(stamp_ns, now)  # stamp gaps: frames lost before the node
         if self._tf_buffer is not None:
             self._pose_from_tf(msg.header.stamp)
         if self.config is not None and self.config.depth_topic:
@@ -337,7 +363,15 @@ class Vlm3rNode(LifecycleNode):
             return
         for paired in frames:
             rgb, K = paired.frame
-            if engine.submit_frame(paired.stamp_ns, rgb, depth=paired.depth, intrinsics=K):
+            depth = paired.depth
+            problem = None if depth is None else depth_size_problem(depth.shape[:2],
+                                                                    rgb.shape[:2])
+            if problem is not None:  # another camera's view: never stretched to fit
+                now = time.monotonic()
+                self._inputs.count('depth_size_rejected', problem, now)
+                self._warn_limited(problem, now)
+                depth = None
+            if engine.submit_frame(paired.stamp_ns, rgb, depth=depth, intrinsics=K):
                 self._depths.reset_world(paired.stamp_ns)
                 self.get_logger().warning('image stamps went backwards (looping bag?): '
                                           'buffer, keyframes and trajectory were reset '
@@ -374,10 +408,17 @@ class Vlm3rNode(LifecycleNode):
                                 f'the frame stamp: {exc}')
             self._reject('tf', exc)
             return
-        self.engine.submit_pose(stamp_to_ns(stamp), transform_to_matrix(transform))
+        try:
+            pose = transform_to_matrix(transform, cfg.max_pose_position_m)
+        except ValueError as exc:
+            self._reject('tf', exc, 'poses_rejected')
+            return
+        self.engine.submit_pose(stamp_to_ns(stamp), pose)
 
     def _on_depth(self, msg: Image) -> None:
         assert self.config is not None
+        if self._bad_stamp('depth', self.config.depth_topic, msg.header):
+            return
         try:
             depth = depth_to_array(msg, self.config.depth_scale)
         except ImageDecodeError as exc:
@@ -390,15 +431,25 @@ class Vlm3rNode(LifecycleNode):
         try:
             self._intrinsics = camera_info_to_intrinsics(msg)
         except ImageDecodeError as exc:
-            self._reject('camera_info', exc)
+            self._reject('camera_info', exc, 'camera_info_rejected')
 
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
-        if self.engine is None:
+        cfg = self.config
+        if self.engine is None or cfg is None:
+            return
+        if self._bad_stamp('pose', cfg.pose_topic, msg.header):
+            self._inputs.count('poses_rejected')
             return
         try:
-            self.engine.submit_pose(*pose_msg_to_matrix(msg))
+            self.engine.submit_pose(*pose_msg_to_matrix(msg, cfg.max_pose_position_m))
         except ValueError as exc:
-            self._reject('pose', exc)
+            self._reject('pose', exc, 'poses_rejected')
+
+    def _warn_limited(self, text: str, now: float) -> None:
+        """Log a WARN at most once per reason and interval (see RateLimitedLog)."""
+        line = self._inputs.log.line(text, now)
+        if line is not None:
+            self.get_logger().warning(line)
 
     # ------------------------------------------------------------------ status
     def _stream_state(self) -> tuple[int, float | None]:
@@ -436,6 +487,12 @@ class Vlm3rNode(LifecycleNode):
         msg.depth_received = pairs.depth_received
         msg.depth_unpaired = pairs.depth_unpaired
         msg.frames_without_depth = pairs.frames_without_depth
+        inputs = self._inputs.report(now)
+        for name, value in inputs.counters.as_dict().items():
+            setattr(msg, name, value)
+        msg.frames_lost_estimated = inputs.loss.lost
+        msg.recent_loss_ratio = float(inputs.loss.recent_ratio)
+        msg.stream_period_s = float(inputs.loss.period_s or 0.0)
         msg.ingest_rate_hz, msg.geometry_rate_hz = (float(r) for r in self._rates)
         msg.buffer_length = status.buffer_length
         msg.buffer_span_s = float(status.buffer_span_s)
@@ -456,7 +513,7 @@ class Vlm3rNode(LifecycleNode):
         self._publish_trajectory(engine, cfg.map_frame, stamp)
         if self._diag_pub is not None:
             array = diagnostics(status, STREAM_STATES[stream_state], self._input_desc(),
-                                self.get_fully_qualified_name(), stamp, age)
+                                self.get_fully_qualified_name(), stamp, age, inputs)
             array.status.append(self._input_clock.diagnostic(self.get_fully_qualified_name()))
             self._diag_pub.publish(array)
 

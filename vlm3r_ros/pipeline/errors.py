@@ -31,3 +31,30 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+# Longest text of a caller's field quoted back in an error message, and longest message.
+MAX_ECHO_CHARS = 64
+MAX_MESSAGE_CHARS = 1000
+
+
+def echo(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """Return ``repr(value)`` for an error message, clipped to about ``limit`` characters.
+
+    A caller's field is quoted back so the caller sees what was wrong, but never whole:
+    a 1 MB field would otherwise come back in a 1 MB error (and a 1 MB log line). A
+    clipped value ends with '...' and says how long it was.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    clipped = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return f'{clipped}... ({len(text)} characters)'
+
+
+def bound_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Return ``message`` cut to ``limit`` characters (the last resort for any reply)."""
+    if len(message) <= limit:
+        return message
+    tail = f'... ({len(message)} characters)'
+    return message[:max(limit - len(tail), 0)] + tail

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from vlm3r_ros.pipeline.answers import ANSWER_TYPES, MAX_OPTIONS, resolve_answer_type
-from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
+from vlm3r_ros.pipeline.errors import ErrorCode, RequestError, echo
 
 MAX_OPTION_CHARS = 500
 MAX_GOAL_CHARS = 500
@@ -113,7 +113,8 @@ def validate_query(question: str, options: Sequence[str], answer_type: str,
     kind = answer_type.strip() or 'auto'
     if kind not in ANSWER_TYPES:
         raise RequestError(ErrorCode.INVALID_REQUEST,
-                           f"answer_type {answer_type!r} is not one of {', '.join(ANSWER_TYPES)}")
+                           f"answer_type {echo(answer_type)} is not one of "
+                           f"{', '.join(ANSWER_TYPES)}")
     try:
         resolve_answer_type(kind, opts)
     except ValueError as exc:

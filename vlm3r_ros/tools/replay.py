@@ -2,6 +2,7 @@
 
     vlm3r-replay BAG [--rate 2.0 | --rate 0] [--paced [ingest|geometry]] [--loop N] [--clock]
                      [--remap /camera/image_raw:=/robot/image_raw] [--topics T ...]
+                     [--frame-timeout S] [--dds-profile auto|FILE|none]
 
 Messages are published as the serialized CDR bytes stored in the bag (no decode and
 re-encode). Messages sharing a log time are published calibration, depth and pose
@@ -9,14 +10,17 @@ first and the colour image last, so a node that takes messages as they arrive pa
 each frame with its own camera_info and depth. ``--rate`` scales real time (0: as fast as possible);
 ``--paced`` waits for the node's status to count each colour frame (``ingest``: received;
 ``geometry``: processed by the geometry encoder) so nothing is dropped on a slow
-machine; ``--clock`` publishes ``/clock`` for nodes with ``use_sim_time``; ``--loop``
-repeats the bag (stamps go backwards, which the node treats as a reset).
+machine, at most ``--frame-timeout`` per frame (a frame lost on the way is written off
+and counted, and the replay goes on); ``--dds-profile`` (default: the shipped Fast DDS
+large-data profile) lets large raw frames reach a best-effort subscriber; ``--clock``
+publishes ``/clock`` for nodes with ``use_sim_time``; ``--loop`` repeats the bag (stamps go backwards, which the node treats as a reset).
 """
 from __future__ import annotations
 
 import argparse
 import bisect
 import importlib
+import os
 import sys
 import threading
 import time
@@ -33,6 +37,7 @@ from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
 
 from vlm3r_ros.node.ros_convert import ns_to_stamp, stamp_to_ns
+from vlm3r_ros.tools.dds_profile import apply_large_data_profile
 
 COLOUR_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 PACE_MODES = ('ingest', 'geometry')
@@ -134,6 +139,7 @@ class NodeMonitor:
         self.geometry_frames: int | None = None
         self.updates = 0
         self.period_s: float | None = None  # between the last two statuses (header stamps)
+        self.status_mono: float | None = None  # when the last status arrived (monotonic)
         self._cv = threading.Condition()
         self._subs = [
             node.create_subscription(SceneStatus, f'{self.node_name}/status',
@@ -146,6 +152,7 @@ class NodeMonitor:
                 dt = (stamp_to_ns(msg.header.stamp) - stamp_to_ns(self.status.header.stamp)) / 1e9
                 self.period_s = dt if dt > 0 else self.period_s
             self.status = msg
+            self.status_mono = time.monotonic()
             self.updates += 1
             self._cv.notify_all()
 
@@ -199,28 +206,29 @@ class StatusPacer:
     works too.
 
     A frame lost on the way (a best-effort subscription) is never counted. In ingest
-    mode, frames published ``stall_periods`` status periods ago (at least
-    ``min_stall_s``) that the node still has not counted are written off as ``lost``, so
-    a loss does not shrink the window for the rest of the bag; in geometry mode (where a
-    slow encoder also holds the count back) a wait ends after ``timeout_s`` and counts as
-    a timeout. After ``max_timeouts`` consecutive timeouts pacing switches itself off.
+    mode it is written off as ``lost`` as soon as a status that arrived ``latency_s``
+    or more after the frame went out still does not count it, so a loss costs at most
+    one status period. Every wait is bounded by ``timeout_s`` (per frame): when it runs
+    out, the frame is given up (``timeouts``) and the replay goes on. Pacing switches
+    itself off only after ``max_timeouts`` consecutive timeouts with no status in between
+    (the node is gone).
     """
 
     def __init__(self, monitor: NodeMonitor, mode: str = 'ingest', window: int = 1,
-                 timeout_s: float = 10.0, max_timeouts: int = 3, stall_periods: float = 3.0,
-                 min_stall_s: float = 1.0) -> None:
+                 timeout_s: float = 2.0, max_timeouts: int = 3, latency_s: float = 0.3) -> None:
         """Raise ValueError for an unknown mode or a window below 1."""
         if mode not in PACE_MODES:
             raise ValueError(f'pace mode must be one of {PACE_MODES}, got {mode!r}')
         if window < 1:
             raise ValueError('window must be at least 1')
         self.monitor, self.mode, self.window = monitor, mode, window
-        self.timeout_s, self.max_timeouts = timeout_s, max_timeouts
-        self.stall_periods, self.min_stall_s = stall_periods, min_stall_s
+        self.timeout_s, self.max_timeouts, self.latency_s = timeout_s, max_timeouts, latency_s
         self.base: int | None = None
         self.timeouts = 0
         self.lost = 0
+        self.given_up = 0  # frames no longer waited for after a timeout
         self._streak = 0
+        self._updates_seen: int | None = None  # monitor updates at the end of the last wait
         self._sent_at: list[float] = []  # when frame i + 1 was published (monotonic)
         self.enabled = True
 
@@ -233,6 +241,7 @@ class StatusPacer:
             self.enabled = False
             return False
         self.base = self._count(self.monitor)
+        self._updates_seen = getattr(self.monitor, 'updates', None)
         return True
 
     def counted(self) -> int:
@@ -241,26 +250,33 @@ class StatusPacer:
         return 0 if count is None or self.base is None else count - self.base
 
     def done(self) -> int:
-        """Return the frames the node took since :meth:`start`, lost ones included."""
+        """Return the frames the node took since :meth:`start`, lost and given-up ones
+        included."""
+        counted = self.counted()
         if self.mode == 'ingest':
-            cutoff = time.monotonic() - max(
-                self.min_stall_s, self.stall_periods * (self.monitor.period_s or 1.0))
-            overdue = bisect.bisect_right(self._sent_at, cutoff)
-            self.lost = max(self.lost, overdue - self.counted())
-        return self.counted() + self.lost
+            seen = getattr(self.monitor, 'status_mono', None)
+            if seen is not None:
+                overdue = bisect.bisect_right(self._sent_at, seen - self.latency_s)
+                self.lost = max(overdue - counted, 0)
+        return max(counted + self.lost, self.given_up)
 
     def _wait_done(self, target: int) -> bool:
         if not self.enabled:
             return False
         if self.base is None and not self.start(self.timeout_s):
             return False
-        if self.monitor.wait(lambda _m: self.done() >= target, self.timeout_s):
+        ok = self.monitor.wait(lambda _m: self.done() >= target, self.timeout_s)
+        updates = getattr(self.monitor, 'updates', None)
+        silent = updates is not None and updates == self._updates_seen
+        self._updates_seen = updates
+        if ok:
             self._streak = 0
             return True
         self.timeouts += 1
-        self._streak += 1
+        self.given_up = max(self.given_up, target)  # go on with the next frame
+        self._streak = self._streak + 1 if silent else 0
         if self._streak >= self.max_timeouts:
-            self.enabled = False  # the node does not keep up or is gone: stop waiting
+            self.enabled = False  # no status at all: the node is gone, stop waiting
         return False
 
     def __call__(self, n: int) -> bool:
@@ -373,7 +389,7 @@ def progress_bar(done: int, total: int, width: int = 40) -> None:
 
 
 def status_pacer(node: Node, node_name: str, mode: str = 'ingest', window: int = 1,
-                 timeout_s: float = 10.0) -> StatusPacer:
+                 timeout_s: float = 2.0) -> StatusPacer:
     """Return a :class:`StatusPacer` following ``node_name``'s status on ``node``."""
     return StatusPacer(NodeMonitor(node, node_name), mode, window, timeout_s)
 
@@ -394,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--topics', nargs='*', help='only these bag topics')
     parser.add_argument('--wait', type=float, default=10.0,
                         help='seconds to wait for a subscriber and the node status (default 10)')
+    parser.add_argument('--frame-timeout', type=float, default=2.0,
+                        help='--paced: longest wait for one frame before going on (s, '
+                        'default 2); a frame a later status does not count is written off '
+                        'sooner')
+    parser.add_argument('--dds-profile', default='auto',
+                        help="Fast DDS XML profile: 'auto' (the shipped large-data profile "
+                        'config/fastdds_large_data.xml unless FASTDDS_DEFAULT_PROFILES_FILE '
+                        "is set), a file, or 'none' (Fast DDS defaults)")
     return parser
 
 
@@ -414,6 +438,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not any(is_colour_frame(t, m) for t, m in types.items()):
         print(f'warning: {args.bag} has no colour image topic; nothing will be paced')
+    if args.dds_profile != 'none':
+        # Before rclpy.init: Fast DDS reads the profile with the first participant.
+        chosen = None if args.dds_profile == 'auto' else Path(args.dds_profile)
+        if chosen is not None and not chosen.is_file():
+            print(f'error: --dds-profile {chosen} is not a file')
+            return 1
+        if chosen is not None:
+            os.environ.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+            os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(chosen)
+            print(f'Fast DDS profile {chosen}')
+        else:
+            print(apply_large_data_profile())
     rclpy.init(args=[])  # sys.argv's FROM:=TO would read as rcl remap rules
     node = rclpy.create_node('vlm3r_replay')
     executor = SingleThreadedExecutor()
@@ -423,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pacer = None
         if args.paced:
-            pacer = status_pacer(node, args.node, args.paced)
+            pacer = status_pacer(node, args.node, args.paced, timeout_s=args.frame_timeout)
             if not pacer.start(args.wait):
                 print(f'warning: no status from {args.node} within {args.wait:g} s; '
                       'playing unpaced')
@@ -437,8 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         if pacer is not None and pacer.enabled:
             pacer.finish(player.frames)
         note = ''
-        if pacer is not None and (pacer.timeouts or pacer.lost):
-            note = f', {pacer.lost} frame(s) lost on the way, {pacer.timeouts} pacing timeout(s)'
+        if pacer is not None and pacer.base is not None:
+            counted = pacer.counted()
+            note = f', {counted} counted by the node'
+            if pacer.mode == 'ingest' and counted < player.frames:
+                note += f', {player.frames - counted} frame(s) lost on the way'
+            if pacer.timeouts:
+                note += f', {pacer.timeouts} frame timeout(s)'
         print(f'published {player.published} messages ({player.frames} frames) '
               f'in {player.loops} loop(s){note}')
         return 0
