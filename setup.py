@@ -12,7 +12,8 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
         (f'share/{package_name}', ['package.xml']),
-        (f'share/{package_name}/config', ['config/vlm3r.yaml', 'config/vlm3r.rviz']),
+        (f'share/{package_name}/config', ['config/vlm3r.yaml', 'config/vlm3r.rviz',
+                                                 'config/fastdds_large_data.xml']),
     ],
     install_requires=['setuptools'],
     zip_safe=False,
