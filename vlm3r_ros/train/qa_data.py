@@ -90,9 +90,10 @@ def build_feature_cache(root: str | Path, split: str, profile: Profile,
         picked = sample_frame_indices(len(images), num_frames)
         stream = Cut3rStream(cut3r, image_size=size, resize_mode=profile.geometry_resize_mode)
         tokens = {}
+        wanted = set(picked.tolist())
         for i, img in enumerate(images[:int(picked[-1]) + 1]):
             out = stream.step(img)
-            if i in set(picked.tolist()):
+            if i in wanted:
                 tokens[i] = out.tokens.float()
         pixels = preprocess_batch(torch.from_numpy(np.stack([images[i] for i in picked])),
                                   profile.vision_image_size, profile.image_mean,

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from vlm3r_ros.eval.qa import QAItem
-from vlm3r_ros.eval.scoring import best_constant_mra, mean_relative_accuracy
+from vlm3r_ros.eval.scoring import best_constant_mra, mean_relative_accuracy, score_item
 
 _DIGITS = re.compile(r'\d+(\.\d+)?')
 
@@ -104,10 +104,8 @@ class TextPrior:
 
 
 def item_score(item: QAItem, prediction: str | float) -> float:
-    """Return 0/1 for an option item, MRA for a numeric one."""
-    if item.answer_type == 'option':
-        return float(str(prediction) == str(item.answer))
-    return mean_relative_accuracy(float(prediction), float(item.answer))
+    """Return the benchmark score of a prediction (0/1 for options, MRA for numbers)."""
+    return score_item(item, prediction).score
 
 
 def baseline_score(item: QAItem, prior: TextPrior) -> float:

@@ -157,7 +157,7 @@ def dense_loss(logits: torch.Tensor, log_depth: torch.Tensor, labels: torch.Tens
     valid = torch.isfinite(target_depth)
     l1 = (log_depth[valid] - target_depth[valid]).abs().mean() if valid.any() \
         else log_depth.sum() * 0
-    return ce + depth_weight * l1, {'ce': float(ce), 'depth_l1': float(l1)}
+    return ce + depth_weight * l1, {'ce': ce.item(), 'depth_l1': l1.item()}
 
 
 def pixels_of(images: torch.Tensor, profile: Profile) -> torch.Tensor:
