@@ -7,7 +7,9 @@ run once and are cached:
   the geometry tokens of the N sampled frames are kept;
 - the (pretrained, frozen) SigLIP tower's features of the N frames.
 The cache is a safetensors file per split (no pickle): ``vision`` (S, N, P, Dv) and
-``geometry`` (S, N, 1 + G, Dg) in float16, ``seeds`` (S,). Items are QAItem JSON.
+``geometry`` (S, N, 1 + G, Dg) in float16, ``seeds`` (S,), and ``presence`` (S, C): which
+object categories the sampled frames show (`qa_grounding.presence_row`, the labels of the
+grounding aid). Items are QAItem JSON.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.models.profiles import Profile
 from vlm3r_ros.models.vlm3r.vision import build_siglip, preprocess_batch, siglip_features
-from vlm3r_ros.train.dataset import decode_rgb, iter_scene_frames, load_split
+from vlm3r_ros.train.dataset import decode_ids, decode_rgb, iter_scene_frames, load_split
+from vlm3r_ros.train.qa_grounding import PRESENCE_CATEGORIES, presence_row
 
 
 def manifest(root: str | Path) -> dict:
@@ -49,6 +52,7 @@ class FeatureCache:
     vision: torch.Tensor  # (S, N, P, Dv) float16
     geometry: torch.Tensor  # (S, N, 1 + G, Dg) float16
     frame_indices: torch.Tensor  # (S, N) trajectory index of each sampled frame
+    presence: torch.Tensor | None = None  # (S, C) int8 per PRESENCE_CATEGORIES; None: old cache
 
     def index(self) -> dict[int, int]:
         """Return {seed: row}."""
@@ -56,17 +60,20 @@ class FeatureCache:
 
     def save(self, path: str | Path, meta: dict[str, str]) -> None:
         """Write the cache as safetensors with ``meta`` (strings) in the header."""
-        save_file({'vision': self.vision.contiguous(), 'geometry': self.geometry.contiguous(),
+        tensors = {'vision': self.vision.contiguous(), 'geometry': self.geometry.contiguous(),
                    'frame_indices': self.frame_indices.contiguous(),
-                   'seeds': torch.tensor(self.seeds, dtype=torch.int64)}, str(path),
-                  metadata=meta)
+                   'seeds': torch.tensor(self.seeds, dtype=torch.int64)}
+        if self.presence is not None:
+            tensors['presence'] = self.presence.contiguous()
+        save_file(tensors, str(path),
+                  metadata={**meta, 'presence_categories': ','.join(PRESENCE_CATEGORIES)})
 
     @classmethod
     def load(cls, path: str | Path) -> 'FeatureCache':
         """Read a cache written by `save`."""
         t = load_file(str(path))
         return cls([int(s) for s in t['seeds']], t['vision'], t['geometry'],
-                   t['frame_indices'])
+                   t['frame_indices'], t.get('presence'))
 
 
 @torch.no_grad()
@@ -81,7 +88,9 @@ def build_feature_cache(root: str | Path, split: str, profile: Profile,
     cut3r = load_cut3r(str(cut3r_path), device='cpu', dtype=torch.float32)
     size = (profile.geometry_image_size, profile.geometry_image_size)
     frames = load_split(root, split, 'frames')
-    seeds, vision, geometry, indices = [], [], [], []
+    scenes = load_split(root, split, 'scenes')
+    scene_json = dict(zip((int(s) for s in scenes['scene_seed']), scenes['scene']))
+    seeds, vision, geometry, indices, presence = [], [], [], [], []
     start = time.monotonic()
     for n, (seed, rows) in enumerate(iter_scene_frames(frames)):
         if max_scenes is not None and n >= max_scenes:
@@ -101,10 +110,13 @@ def build_feature_cache(root: str | Path, split: str, profile: Profile,
         vision.append(siglip_features(tower, pixels).half())
         geometry.append(torch.stack([tokens[int(i)] for i in picked]).half())
         indices.append(torch.from_numpy(picked.astype(np.int64)))
+        ids = [decode_ids(frames[int(rows[int(i)])]['ids']) for i in picked]
+        presence.append(torch.from_numpy(presence_row(ids, scene_json[seed])))
         seeds.append(seed)
         if progress and n % 20 == 0:
             print(f'[cache {split}] scene {n} ({time.monotonic() - start:.0f} s)', flush=True)
-    return FeatureCache(seeds, torch.stack(vision), torch.stack(geometry), torch.stack(indices))
+    return FeatureCache(seeds, torch.stack(vision), torch.stack(geometry), torch.stack(indices),
+                        torch.stack(presence))
 
 
 def flatten(items: dict[int, list[QAItem]], seeds: Sequence[int]) -> list[QAItem]:

@@ -44,6 +44,7 @@ from vlm3r_ros.pipeline.answers import build_prompt
 from vlm3r_ros.train import qa_data
 from vlm3r_ros.train.lora_train import inject_lora, lora_pairs, remove_lora
 from vlm3r_ros.train.qa_debias import debias
+from vlm3r_ros.train.qa_grounding import presence_items
 from vlm3r_ros.weights import CUT3R_SMALL
 
 
@@ -70,6 +71,10 @@ class TrainConfig:
     lora_alpha: float = 256.0
     lora_dropout: float = 0.05
     debias_margin: float = 0.02
+    # Grounding aid (qa_grounding): share of each batch that is "is there a X" items, falling
+    # linearly from ground_share to ground_share_end over the run; 0 = VSI items only.
+    ground_share: float = 0.5
+    ground_share_end: float = 0.1
     max_scenes: int = 0  # per split, 0 = all (smoke tests)
     eval_every: int = 500
     val_items: int = 400
@@ -86,6 +91,21 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def grounding_share(cfg: TrainConfig, step: int) -> float:
+    """Return the share of grounding items in the batch at ``step`` (0 for the blind twin)."""
+    if cfg.blind:
+        return 0.0
+    t = min(1.0, step / max(1, cfg.steps))
+    return cfg.ground_share + (cfg.ground_share_end - cfg.ground_share) * t
+
+
+def grounding_items(cache: qa_data.FeatureCache | None, seed: int) -> list[QAItem]:
+    """Return the grounding items of a cached split (none without presence labels)."""
+    if cache is None or cache.presence is None:
+        return []
+    return presence_items(cache.seeds, cache.presence.numpy(), seed)
 
 
 def target_text(item: QAItem) -> str:
@@ -262,6 +282,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     train_items, val_items, train_cache, val_cache = prepare_data(cfg, model, out)
+    ground_train = grounding_items(train_cache, cfg.seed)
+    ground_val = grounding_items(val_cache, cfg.seed + 1)
+    if grounding_share(cfg, 0) > 0 and not ground_train:
+        raise SystemExit('ground_share > 0 needs a feature cache with presence labels '
+                         '(rebuild it: delete the features-*.safetensors files)')
     params, wrapped = trainable_parameters(model, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batcher = Batcher(model, train_cache, cfg.blind)
@@ -279,7 +304,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_subset = [val_items[i] for i in sorted(val_rng.permutation(len(val_items))
                                                [:cfg.val_items])]
     log = (out / 'metrics.jsonl').open('a', encoding='utf8')
-    print(f'{len(train_items)} training items, {len(val_subset)} val items, '
+    print(f'{len(train_items)} training items (+{len(ground_train)} grounding), '
+          f'{len(val_subset)} val items (+{len(ground_val)} grounding), '
           f'{sum(p.numel() for p in params)} trainable parameters', flush=True)
     model.net.train()
     model.net.vision_tower.eval()
@@ -295,7 +321,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     while step < cfg.steps:
         for group in opt.param_groups:
             group['lr'] = learning_rate(cfg, step)
-        batch = [train_items[i] for i in rng.integers(len(train_items), size=cfg.batch)]
+        n_ground = int(rng.binomial(cfg.batch, grounding_share(cfg, step)))
+        batch = [train_items[i] for i in rng.integers(len(train_items),
+                                                      size=cfg.batch - n_ground)]
+        batch += [ground_train[i] for i in rng.integers(len(ground_train), size=n_ground)]
         loss = batcher.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -313,6 +342,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if step % cfg.eval_every == 0 or last:
             model.net.eval()
             metrics = evaluate_items(model, val_subset, val_cache, blind=cfg.blind).summary()
+            if ground_val:
+                metrics['grounding'] = evaluate_items(model, ground_val, val_cache).summary()[
+                    'overall']
             model.net.train()
             model.net.vision_tower.eval()
             row = {'step': step, 'val': metrics, 'minutes': round(elapsed, 2)}
