@@ -239,7 +239,8 @@ def test_a_huge_answer_type_gets_a_bounded_error(rig):
 
 def test_a_canceled_route_goal_returns_canceled():
     with running_node(model_profile='tiny', geometry_rate_hz=100.0, max_new_tokens=512,
-                      request_queue_size=2) as (_node, ns), client_node() as client:
+                      request_queue_size=2, tiny_weights_path='random') as (_node, ns), \
+            client_node() as client:
         publish_frames(client, f'{ns}/camera/image_raw', 8, pause_s=0.05)
         Collector(client, SceneStatus, f'{ns}/vlm3r_node/status').wait(
             lambda m: m.model_state == SceneStatus.MODEL_READY and m.keyframe_count > 0,

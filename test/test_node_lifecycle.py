@@ -30,7 +30,7 @@ LOST = -1
 # Open questions decoded to the full length: each answer keeps the worker busy a while,
 # so calls are waiting in the engine queue when the transition comes.
 SLOW = dict(model_profile='tiny', geometry_rate_hz=100.0, max_new_tokens=64,
-            request_queue_size=4)
+            request_queue_size=4, tiny_weights_path='random')  # the random LMM never stops early
 
 
 class Caller(threading.Thread):

@@ -108,7 +108,8 @@ def test_streamed_feedback_concatenates_to_the_answer_and_matches_the_service():
 
 
 def test_cancel_stops_decoding_within_one_token_and_frees_the_queue_slot():
-    with running_node(max_new_tokens=512, request_queue_size=1, **TINY) as (node, ns), \
+    with running_node(max_new_tokens=512, request_queue_size=1, tiny_weights_path='random',
+                      **TINY) as (node, ns), \
             client_node() as client:
         ready(client, ns)
         action = action_client(client, ns)

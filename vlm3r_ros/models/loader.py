@@ -27,9 +27,11 @@ from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.models.profiles import NUMERICS, get_profile
 from vlm3r_ros.models.vlm3r.model import Vlm3rModel
 from vlm3r_ros.pipeline.engine import ModelBundle
-from vlm3r_ros.weights import CUT3R_SMALL
+from vlm3r_ros.weights import CUT3R_SMALL, VLM3R_SMALL
 
 TINY_SEED = 0
+#: ``tiny_weights_path`` value that asks for the seeded random LMM instead of the shipped one.
+RANDOM_WEIGHTS = 'random'
 
 
 class ModelConfigError(ValueError):
@@ -126,6 +128,20 @@ def _weight_paths(base: str, base_param: str, spec: ModelSpec) -> dict[str, str 
     }
 
 
+def _tiny_weight_paths(spec: ModelSpec) -> dict[str, str | None]:
+    """Return the tiny LMM's weight paths: the configured ones, the shipped trained small
+    VLM-3R (release layout ``base/`` + ``adapter/``), or none for the seeded random model
+    (``tiny_weights_path`` 'random', or a checkout without the shipped directory)."""
+    if spec.tiny_weights_path == RANDOM_WEIGHTS:
+        return {}
+    if spec.tiny_weights_path:
+        return _weight_paths(spec.tiny_weights_path, 'tiny_weights_path', spec)
+    if (VLM3R_SMALL / 'base').is_dir() and not (spec.lora_path or spec.non_lora_path):
+        return {'base_model_dir': str(VLM3R_SMALL / 'base'),
+                'lora_dir': str(VLM3R_SMALL / 'adapter'), 'non_lora_path': None}
+    return {}
+
+
 def load_bundle(spec: ModelSpec) -> ModelBundle:
     """Load both models for ``spec`` and return them as a ModelBundle.
 
@@ -142,7 +158,7 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
         if device == 'cpu':
             # Two workers share the CPU; intra-op threads would oversubscribe it.
             torch.set_num_threads(1)
-        paths = _weight_paths(spec.tiny_weights_path, 'tiny_weights_path', spec) if spec.tiny_weights_path else {}
+        paths = _tiny_weight_paths(spec)
         profile = get_profile('tiny', fusion=spec.fusion, device=device, dtype=dtype_name,
                               seed=TINY_SEED, **paths)
         # The embedded default geometry is the trained small CUT3R shipped in the

@@ -91,7 +91,7 @@ SPECS: tuple[Spec, ...] = (
          choices=('product', 'reference'), read_only=True),
     # Model
     Spec('model_profile', 'tiny', 'tiny: embedded CPU profile (the shipped trained small '
-         'CUT3R; the LMM is random unless tiny_weights_path is set); vlm3r-7b: the released '
+         'CUT3R and small fused VLM-3R, see tiny_weights_path); vlm3r-7b: the released '
          'model; none: no model.',
          choices=('tiny', 'vlm3r-7b', 'none'), read_only=True),
     Spec('fusion', 'cross_attention', 'cross_attention: VLM-3R fusion of CUT3R tokens; '
@@ -107,7 +107,9 @@ SPECS: tuple[Spec, ...] = (
     Spec('vlm3r_non_lora_path', '', 'Local non_lora_trainables.bin (or .safetensors).',
          read_only=True),
     Spec('vlm3r_lora_path', '', 'Local LoRA adapter directory.', read_only=True),
-    Spec('tiny_weights_path', '', 'Optional trained weights directory for the tiny profile.',
+    Spec('tiny_weights_path', '', 'Fused-model base directory for the tiny profile (official '
+         'layout; its adapter via vlm3r_lora_path). Empty: the shipped trained small VLM-3R '
+         "(vlm3r_ros/weights/vlm3r_small) when present; 'random': the seeded random model.",
          read_only=True),
     Spec('device', 'auto', 'Torch device.', choices=('auto', 'cpu', 'cuda'), read_only=True),
     Spec('dtype', 'auto', 'Model dtype (auto: float32 on CPU; on GPU float16 with the '

@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                    help='also score the numeric tasks with every numeric decoding')
     p.add_argument('--max-scenes', type=int, default=0, help='0 = every test scene')
     p.add_argument('--samples', type=int, default=1000, help='bootstrap resamples')
+    p.add_argument('--workers', type=int, default=1,
+                   help='processes that build the test feature cache when it is missing')
     p.add_argument('--out', default='out/eval_vlm3r.json')
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -260,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from vlm3r_ros.weights import CUT3R_SMALL
         man = qa_data.manifest(args.data)
-        cache = qa_data.build_feature_cache(args.data, 'test', model.profile,
-                                            model.net.vision_tower.state_dict(), CUT3R_SMALL,
-                                            int(man['qa_frames']))
+        cache = qa_data.build_feature_cache_parallel(
+            args.data, 'test', model.profile, model.net.vision_tower.state_dict(),
+            CUT3R_SMALL, int(man['qa_frames']), workers=args.workers)
         cache.save(cache_path, {'cut3r': str(CUT3R_SMALL)})
     if args.max_scenes:
         keep = set(sorted(cache.seeds)[:args.max_scenes])

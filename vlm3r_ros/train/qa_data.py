@@ -80,8 +80,13 @@ class FeatureCache:
 def build_feature_cache(root: str | Path, split: str, profile: Profile,
                         vision_state: dict[str, torch.Tensor], cut3r_path: str | Path,
                         num_frames: int, max_scenes: int | None = None,
-                        progress: bool = True) -> FeatureCache:
-    """Run CUT3R over every frame and SigLIP over the sampled frames of each scene."""
+                        progress: bool = True, part: tuple[int, int] = (0, 1)
+                        ) -> FeatureCache:
+    """Run CUT3R over every frame and SigLIP over the sampled frames of each scene.
+
+    ``part`` (k, K) keeps the scenes whose position n satisfies n % K == k, so K processes
+    can share a split (`build_feature_cache_parallel`).
+    """
     tower = build_siglip(profile)
     tower.load_state_dict(vision_state)
     tower.eval()
@@ -95,6 +100,8 @@ def build_feature_cache(root: str | Path, split: str, profile: Profile,
     for n, (seed, rows) in enumerate(iter_scene_frames(frames)):
         if max_scenes is not None and n >= max_scenes:
             break
+        if n % part[1] != part[0]:
+            continue
         images = [decode_rgb(frames[int(r)]['rgb']) for r in rows]
         picked = sample_frame_indices(len(images), num_frames)
         stream = Cut3rStream(cut3r, image_size=size, resize_mode=profile.geometry_resize_mode)
@@ -117,6 +124,37 @@ def build_feature_cache(root: str | Path, split: str, profile: Profile,
             print(f'[cache {split}] scene {n} ({time.monotonic() - start:.0f} s)', flush=True)
     return FeatureCache(seeds, torch.stack(vision), torch.stack(geometry), torch.stack(indices),
                         torch.stack(presence))
+
+
+def _build_part(args: tuple) -> FeatureCache:
+    torch.set_num_threads(1)  # one process per core: more threads only oversubscribe
+    *rest, part = args
+    return build_feature_cache(*rest, part=part)
+
+
+def build_feature_cache_parallel(root: str | Path, split: str, profile: Profile,
+                                 vision_state: dict[str, torch.Tensor],
+                                 cut3r_path: str | Path, num_frames: int,
+                                 max_scenes: int | None = None, workers: int = 1
+                                 ) -> FeatureCache:
+    """`build_feature_cache` in ``workers`` processes; returns the cache in seed order."""
+    if workers <= 1:
+        return build_feature_cache(root, split, profile, vision_state, cut3r_path, num_frames,
+                                   max_scenes)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    jobs = [(root, split, profile, vision_state, str(cut3r_path), num_frames, max_scenes,
+             k == 0, (k, workers)) for k in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=get_context('spawn')) as pool:
+        parts = list(pool.map(_build_part, jobs))
+    seeds = [s for p in parts for s in p.seeds]
+    order = torch.tensor(np.argsort(seeds, kind='stable'))
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts])[order]
+
+    return FeatureCache(sorted(seeds), cat('vision'), cat('geometry'), cat('frame_indices'),
+                        cat('presence'))
 
 
 def flatten(items: dict[int, list[QAItem]], seeds: Sequence[int]) -> list[QAItem]:

@@ -81,6 +81,8 @@ class TrainConfig:
     seed: int = 0
     device: str = 'cpu'
     threads: int = 1
+    cache_workers: int = 1  # processes that build the frozen-tower feature caches
+    cache_only: bool = False  # build the caches and stop (then train runs in parallel)
     max_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
     log_every: int = 25
 
@@ -239,7 +241,8 @@ def prepare_data(cfg: TrainConfig, model: Vlm3rModel, out: Path
     if cfg.blind:
         return train, held['val'], None, None
     caches = []
-    for split in ('train', 'val'):
+    # --cache-only also prepares the test split's cache that vlm3r-eval-model reads.
+    for split in ('train', 'val') + (('test',) if cfg.cache_only else ()):
         tag = f'-{cfg.max_scenes}' if cfg.max_scenes else ''
         path = Path(cfg.data) / f'features-{split}-{cfg.profile}{tag}.safetensors'
         meta = {'vision': cfg.vision, 'cut3r': cfg.cut3r or str(CUT3R_SMALL),
@@ -247,9 +250,10 @@ def prepare_data(cfg: TrainConfig, model: Vlm3rModel, out: Path
         if path.is_file():
             cache = qa_data.FeatureCache.load(path)
         else:
-            cache = qa_data.build_feature_cache(
+            cache = qa_data.build_feature_cache_parallel(
                 cfg.data, split, model.profile, model.net.vision_tower.state_dict(),
-                cfg.cut3r or CUT3R_SMALL, int(man['qa_frames']), max_scenes=limit)
+                cfg.cut3r or CUT3R_SMALL, int(man['qa_frames']), max_scenes=limit,
+                workers=cfg.cache_workers)
             cache.save(path, meta)
         caches.append(cache)
     return train, held['val'], caches[0], caches[1]
@@ -282,6 +286,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     train_items, val_items, train_cache, val_cache = prepare_data(cfg, model, out)
+    if cfg.cache_only:
+        return {}
     ground_train = grounding_items(train_cache, cfg.seed)
     ground_val = grounding_items(val_cache, cfg.seed + 1)
     if grounding_share(cfg, 0) > 0 and not ground_train:
