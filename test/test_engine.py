@@ -8,6 +8,7 @@ import pytest
 from vlm3r_ros.eval.render import intrinsics, render
 from vlm3r_ros.eval.scenes import make_scene, make_trajectory
 from vlm3r_ros.models.loader import ModelSpec, load_bundle
+from vlm3r_ros.pipeline.answers import build_prompt
 from vlm3r_ros.pipeline.engine import EngineConfig, ModelState, SpatialEngine
 from vlm3r_ros.pipeline.errors import ErrorCode
 from vlm3r_ros.pipeline.requests import QueryRequest, RouteRequest
@@ -186,5 +187,24 @@ def test_goal_not_localised_clearly_enough_is_goal_not_found(bundle, room):
         res = engine.plan(RouteRequest('the door')).result(60)
         assert res.code == ErrorCode.GOAL_NOT_FOUND
         assert 'route_min_goal_probability' in res.message and not res.positions
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize('mode', ['median', 'expected'])
+def test_numeric_decoding_answers_with_the_models_number_distribution(bundle, room, mode):
+    engine = make_engine(bundle, numeric_decoding=mode)
+    try:
+        feed(engine, room[:3])
+        question = 'How many chairs are in this room?'
+        res = engine.ask(QueryRequest(question)).result(60)
+        assert res.code == ErrorCode.OK
+        # The same value as the model's own estimate over the same keyframes.
+        selection = engine.select_keyframes(engine.config.keyframe_budget)
+        _, tokens, key = engine._keyframe_inputs(selection.frame_ids)
+        want = bundle.spatial.estimate_number(build_prompt(question), tokens, mode,
+                                              prefix_key=key)
+        assert res.value == pytest.approx(float(f'{want:.4g}'))
+        assert res.answer == f'{want:.4g}'
     finally:
         engine.stop()

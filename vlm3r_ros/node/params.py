@@ -129,6 +129,11 @@ SPECS: tuple[Spec, ...] = (
     Spec('option_decoding', 'constrained', "Multiple-choice answers: constrained = the model's "
          'likeliest option letter (always a valid option); generate = free greedy text parsed '
          'the VSI-Bench way (the benchmark protocol).', choices=('constrained', 'generate')),
+    Spec('numeric_decoding', 'greedy', 'Numeric answers: greedy = the decoded text (the '
+         "benchmark protocol); median / expected = that value of the model's distribution "
+         'over number strings (a beam over digit tokens), which scores better under MRA; '
+         'greedy is used when the model forms no number that way.',
+         choices=('greedy', 'median', 'expected')),
     Spec('answer_parser', 'lenient', "How the answer text becomes value/option_index: lenient "
          "(first whitespace token, one trailing '.' removed; forgiving for operators) or "
          "official (the benchmarks' rule: first piece of a split on ' ', every trailing '.' "
@@ -237,6 +242,7 @@ class NodeConfig:
     geometry_rate_hz: float
     max_new_tokens: int
     option_decoding: str
+    numeric_decoding: str
     answer_parser: str
     protocol: str
     request_queue_size: int
@@ -293,6 +299,7 @@ class NodeConfig:
             keyframe_budget=self.keyframe_budget, coverage_ratio=self.coverage_ratio,
             selection=self.keyframe_selection, cache_mode=self.cache_mode,
             max_new_tokens=self.max_new_tokens, option_decoding=self.option_decoding,
+            numeric_decoding=self.numeric_decoding,
             answer_parser=self.answer_parser,
             request_queue_size=self.request_queue_size,
             route_node_spacing_m=self.route_node_spacing_m,
@@ -309,7 +316,8 @@ class NodeConfig:
 LIVE: frozenset[str] = frozenset({
     'depth_scale', 'depth_tolerance_s', 'stamp_reset_threshold_s', 'keyframe_budget',
     'coverage_ratio', 'keyframe_selection', 'min_confidence', 'cache_mode', 'geometry_rate_hz',
-    'max_new_tokens', 'option_decoding', 'answer_parser', 'request_timeout_s',
+    'max_new_tokens', 'option_decoding', 'numeric_decoding', 'answer_parser',
+    'request_timeout_s',
     'max_question_chars',
     'route_max_keyframes', 'route_min_goal_probability', 'route_turn_threshold_deg',
     'camera_rate_hz', 'max_pose_position_m',
@@ -321,7 +329,8 @@ _BY_NAME = {spec.name: spec for spec in SPECS}
 # generation of 16 tokens parsed the official way, fp16 numerics, frames as decoded).
 REFERENCE_PROTOCOL: dict[str, Any] = {
     'keyframe_selection': 'linspace', 'keyframe_budget': 32, 'cache_mode': 'per_query',
-    'option_decoding': 'generate', 'max_new_tokens': 16, 'answer_parser': 'official',
+    'option_decoding': 'generate', 'numeric_decoding': 'greedy', 'max_new_tokens': 16,
+    'answer_parser': 'official',
     'numerics': 'reference', 'dtype': 'auto', 'store_max_side': 0,
     'points_source': 'geometry', 'fusion': 'cross_attention',
 }

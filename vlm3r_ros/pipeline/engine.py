@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from vlm3r_ros.pipeline.answers import (build_prompt, option_letter, parse_answer_with,
-                                         strip_option_label)
+                                         resolve_answer_type, strip_option_label)
 from vlm3r_ros.pipeline.coverage import (CoverageIndex, Selection, reference_sample,
                                           uniform_select)
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
@@ -86,6 +86,11 @@ class SpatialModel(Protocol):
                prefix_key: Any = None) -> tuple[int, list[float]]:
         """Return (index, probabilities) of the most likely option letter."""
 
+    def estimate_number(self, prompt: str, frame_tokens: Sequence[Any], mode: str = 'median',
+                        prefix_key: Any = None) -> float:
+        """Return the 'median' or 'expected' value of the model's distribution over
+        numbers; raises ValueError when it forms none."""
+
 
 @dataclass
 class ModelBundle:
@@ -118,6 +123,9 @@ class EngineConfig:
     cache_mode: str = 'streaming'  # 'streaming' or 'per_query'
     max_new_tokens: int = 16
     option_decoding: str = 'constrained'  # 'constrained' (likeliest letter) or 'generate'
+    # Numeric answers: 'greedy' text, or the 'median' / 'expected' value of the model's
+    # distribution over number strings (a beam over digit tokens; better under MRA).
+    numeric_decoding: str = 'greedy'
     answer_parser: str = 'lenient'  # 'lenient' (operator-facing) or 'official' (benchmarks)
     request_queue_size: int = 4
     route_node_spacing_m: float = 0.25
@@ -250,7 +258,7 @@ class SpatialEngine:
     LIVE_SETTINGS = frozenset({
         'reset_threshold_s', 'geometry_rate_hz', 'min_confidence', 'keyframe_budget',
         'coverage_ratio', 'selection', 'cache_mode', 'max_new_tokens', 'option_decoding',
-        'answer_parser', 'route_turn_threshold_deg', 'route_max_keyframes',
+        'numeric_decoding', 'answer_parser', 'route_turn_threshold_deg', 'route_max_keyframes',
         'route_min_goal_probability'})
 
     def update_config(self, config: EngineConfig) -> list[str]:
@@ -705,6 +713,12 @@ class SpatialEngine:
             stage('decoding', 0.9)
             if on_token is not None:
                 on_token(text)
+        elif (self.config.numeric_decoding != 'greedy'
+              and resolve_answer_type(request.answer_type, request.options) == 'number'
+              and (text := self._estimate_number(bundle, prompt, tokens, key)) is not None):
+            stage('decoding', 0.9)
+            if on_token is not None:
+                on_token(text)
         else:
             def token(piece: str) -> bool:
                 nonlocal after_cancel
@@ -728,6 +742,17 @@ class SpatialEngine:
                                selection.ratio)
         return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
                            stamps, selection.ratio)
+
+    def _estimate_number(self, bundle: ModelBundle, prompt: str,
+                         tokens: Sequence[Any], key: Any) -> str | None:
+        """Return the numeric answer text by ``numeric_decoding`` ('median'/'expected'), or
+        None when the model forms no number that way (the caller then decodes greedily)."""
+        try:
+            value = bundle.spatial.estimate_number(prompt, tokens, self.config.numeric_decoding,
+                                                   prefix_key=key)
+        except ValueError:
+            return None
+        return f'{value:.4g}' if np.isfinite(value) else None
 
     # ------------------------------------------------------------------ routes
     def _route(self, request: RouteRequest,
