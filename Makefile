@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 RUN := source scripts/env.sh &&
 
-.PHONY: setup test demo bench bench-gpu clean dataset train-geometry eval-geometry \
+.PHONY: setup test colcon demo bench bench-gpu clean dataset train-geometry eval-geometry \
 	dataset-vlm3r pretrain-vision train eval
 
 # The training recipe of the shipped small CUT3R (vlm3r_ros/weights/MODEL_CARD.md).
@@ -16,6 +16,10 @@ setup:
 
 test: setup
 	$(RUN) bash scripts/run_tests.sh $(ARGS)
+
+# colcon build + colcon test in a scratch workspace (the installed package's checks).
+colcon: setup
+	$(RUN) bash scripts/colcon_check.sh
 
 demo: setup
 	$(RUN) python -m vlm3r_ros.tools.demo $(ARGS)
