@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 try:
     from ament_index_python.packages import PackageNotFoundError, get_package_prefix
     PREFIX = Path(get_package_prefix('vlm3r_ros'))
-except (ImportError, PackageNotFoundError):
+except (ImportError, PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH
     PREFIX = None
 
 if PREFIX is None and os.environ.get('VLM3R_EXPECT_INSTALLED'):
