@@ -8,6 +8,9 @@ that it learns (the shipped weights' tests check that).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,27 @@ def test_training_chain_writes_a_release_the_node_loads(data_dir: Path, tmp_path
     doc = json.loads(report.read_text())
     assert set(doc['summary']) == {'model', 'blind', 'shuffled', 'frequency', 'chance'}
     assert doc['test_items'] > 0 and 'model-blind' in doc['intervals']['differences']
+    # Only the numeric decodings, the three of them on the same numeric items.
+    assert eval_vlm3r.main(['--data', str(data_dir), '--model', str(release),
+                            '--blind-model', str(blind / 'release'), '--numeric-only',
+                            '--out', str(report)]) == 0
+    modes = json.loads(report.read_text())['numeric_decoding']
+    assert set(modes) == set(eval_vlm3r.NUMERIC_MODES)
+    assert len({m['items'] for m in modes.values()}) == 1
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_tune_with_averaged_gradients(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'ddp'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+           '--master_port', str(29600 + os.getpid() % 1000), '-m',
+           'vlm3r_ros.train.train_vlm3r', '--data', str(data_dir), '--out', str(out),
+           '--vision', '', '--steps', '2', '--batch', '4', '--eval-every', '2',
+           '--val-items', '4', '--log-every', '1', '--warmup-steps', '1']
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / 'config.json').read_text())['world_size'] == 2
+    rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in rows if 'loss' in r] == [1, 2]  # rank 0 alone logs
+    assert (out / 'release' / 'adapter').is_dir() and '2 process(es)' in proc.stdout

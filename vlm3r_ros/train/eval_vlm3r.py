@@ -228,6 +228,27 @@ def load_release(directory: str | Path) -> Vlm3rModel:
     return load_vlm3r(d / 'base', d / 'adapter', profile=get_profile('tiny'))
 
 
+def numeric_decodings(model: Vlm3rModel, items: Sequence[QAItem],
+                      cache: qa_data.FeatureCache) -> dict[str, Any]:
+    """Return {mode: summary} of the numeric items under every numeric decoding."""
+    numeric_items = [i for i in items if i.answer_type == 'number']
+    return {mode: evaluate_items(model, numeric_items, cache, numeric=mode).summary()
+            for mode in NUMERIC_MODES}
+
+
+def compare_numeric(model: Vlm3rModel, items: Sequence[QAItem], cache: qa_data.FeatureCache,
+                    out: str, start: float) -> int:
+    """Write and print only the numeric-decoding comparison (``--numeric-only``); 0."""
+    doc = {'numeric_decoding': numeric_decodings(model, items, cache),
+           'scenes': len({qa_data.scene_of(i) for i in items}),
+           'seconds': round(time.monotonic() - start, 1)}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(doc, indent=1), encoding='utf8')
+    for mode, summ in doc['numeric_decoding'].items():
+        print(f"numeric decoding {mode:9s}: overall {100 * summ['overall']:.1f} {summ['tasks']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``vlm3r-eval-model``; print the table; return 0."""
     from vlm3r_ros.train.train_vlm3r import TrainConfig
@@ -240,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--numeric', choices=NUMERIC_MODES, default='greedy')
     p.add_argument('--compare-numeric', action='store_true',
                    help='also score the numeric tasks with every numeric decoding')
+    p.add_argument('--numeric-only', action='store_true',
+                   help='only compare the numeric decodings (greedy, median, expected)')
     p.add_argument('--max-scenes', type=int, default=0, help='0 = every test scene')
     p.add_argument('--samples', type=int, default=1000, help='bootstrap resamples')
     p.add_argument('--workers', type=int, default=1,
@@ -269,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_scenes:
         keep = set(sorted(cache.seeds)[:args.max_scenes])
         test = [i for i in test if qa_data.scene_of(i) in keep]
+    if args.numeric_only:
+        return compare_numeric(model, test, cache, args.out, start)
     results = {
         'model': evaluate_items(model, test, cache, numeric=args.numeric),
         'blind': evaluate_items(blind, test, None, blind=True, numeric=args.numeric),
@@ -287,10 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             results['model'].predictions, results['shuffled'].predictions)])),
     }
     if args.compare_numeric:
-        numeric_items = [i for i in test if i.answer_type == 'number']
-        doc['numeric_decoding'] = {
-            mode: evaluate_items(model, numeric_items, cache, numeric=mode).summary()
-            for mode in NUMERIC_MODES}
+        doc['numeric_decoding'] = numeric_decodings(model, test, cache)
     doc['seconds'] = round(time.monotonic() - start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1), encoding='utf8')

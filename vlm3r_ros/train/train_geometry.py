@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from torch import nn
 from vlm3r_ros.models.cut3r.checkpoint import save_official_layout
 from vlm3r_ros.models.cut3r.config import Cut3rConfig
 from vlm3r_ros.models.cut3r.model import Cut3rModel
+from vlm3r_ros.train.distributed import rank0_decides, setup_distributed, shutdown
 from vlm3r_ros.train.geometry_data import GeometrySequences, collate
 from vlm3r_ros.train.geometry_loss import LossWeights, depth_metrics, sequence_loss
 
@@ -193,23 +193,9 @@ def plot_metrics(path: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Return (rank, world size, device), initialising torch.distributed under torchrun."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    if world > 1:
-        backend = 'nccl' if device == 'cuda' else 'gloo'
-        torch.distributed.init_process_group(backend)
-    if device == 'cuda':
-        local = int(os.environ.get('LOCAL_RANK', '0'))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device('cuda', local)
-    return rank, world, torch.device(device)
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; return the final summary (also in ``<out>/summary.json``)."""
-    rank, world, device = _setup_distributed(cfg.device)
+    rank, world, device = setup_distributed(cfg.device)
     if device.type == 'cpu' and cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -311,14 +297,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 print(f'stopping at step {step}: max_minutes {cfg.max_minutes} reached',
                       flush=True)
                 break
-        if world > 1:
-            flag = torch.tensor([0], device=device)  # rank 0 decides about stopping
-            if rank == 0 and cfg.max_minutes and \
-                    (time.monotonic() - started) / 60 >= cfg.max_minutes:
-                flag += 1
-            torch.distributed.broadcast(flag, 0)
-            if flag.item():
-                break
+        if world > 1 and rank0_decides(bool(cfg.max_minutes) and (
+                time.monotonic() - started) / 60 >= cfg.max_minutes, world, device):
+            break
     leg = (time.monotonic() - started) / 60
     summary = {'steps': step, 'best_val_loss': best, 'minutes': earlier_minutes + leg,
                'minutes_this_leg': leg,
@@ -327,8 +308,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (out / 'summary.json').write_text(json.dumps(summary, indent=1), encoding='utf8')
         if log is not None:
             log.close()
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    shutdown(world)
     return summary
 
 

@@ -4,6 +4,7 @@
     vlm3r-train --data data/vlm3r --out out/train_vlm3r_blind --blind   # its blind twin
     vlm3r-train --profile vlm3r-7b --base-model-dir BASE --lora-dir RELEASE \\
         --cut3r CUT3R.pth --lora-r 128 --lora-alpha 256 --lr 2e-5 --device cuda
+    torchrun --nproc_per_node 8 -m vlm3r_ros.train.train_vlm3r ... --device cuda  # DDP
 
 As VLM-3R: the vision tower and CUT3R are frozen (their features are computed once per
 scene, `qa_data.build_feature_cache`); the fusion block, projector and LLM train with an
@@ -17,6 +18,9 @@ Writes ``<out>/ckpt.pt`` (resumable: trainable tensors, optimiser, step; loaded 
 ``weights_only=True``), ``<out>/metrics.jsonl``, ``<out>/items.json`` (the debias report and
 item counts) and ``<out>/release/{base,adapter}``: the official VLM-3R release layout (base
 directory + ``non_lora_trainables`` + LoRA adapter) that the node's unchanged loader reads.
+Under ``torchrun`` every process draws its share of the global ``--batch`` and the
+gradients are averaged across processes (gloo on CPU, NCCL on GPU); rank 0 logs, evaluates,
+checkpoints and exports.
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ from vlm3r_ros.models.vlm3r.prompt import qwen_1_5_prompt
 from vlm3r_ros.models.vlm3r.tokenizer import IM_END, plain_token_ids
 from vlm3r_ros.pipeline.answers import build_prompt
 from vlm3r_ros.train import qa_data
+from vlm3r_ros.train.distributed import (average_gradients, barrier, rank0_decides,
+                                         setup_distributed, shutdown)
 from vlm3r_ros.train.lora_train import inject_lora, lora_pairs, remove_lora
 from vlm3r_ros.train.qa_debias import debias
 from vlm3r_ros.train.qa_grounding import presence_items
@@ -84,6 +90,11 @@ class TrainConfig:
     cache_workers: int = 1  # processes that build the frozen-tower feature caches
     cache_only: bool = False  # build the caches and stop (then train runs in parallel)
     max_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
+    # Tiny from scratch: scale the projector's output layer at init so visual tokens start
+    # at the RMS of the text embeddings (a random projector emits tokens ~40x larger, which
+    # swamp the question tokens' identity in the residual stream: the model then ignores
+    # the frames). 0 = leave the init as it is.
+    match_visual_scale: float = 1.0
     log_every: int = 25
 
 
@@ -201,6 +212,23 @@ class Batcher:
         return total / max(1, count)
 
 
+def match_visual_scale(model: Vlm3rModel, batcher: Batcher, seeds: Sequence[int],
+                       factor: float = 1.0) -> float:
+    """Scale the projector's last Linear so the visual tokens of ``seeds`` have ``factor``
+    times the RMS norm of the LLM's input embeddings; return the scale applied. Every rank
+    computes the same scale from the same weights and features. (A resumed run then loads
+    its trained tensors over this.)"""
+    with torch.no_grad():
+        tokens = batcher.frame_tokens(seeds).float()
+        text = model.net.language_model.get_input_embeddings().weight.float()
+        ratio = factor * float(text.norm(dim=-1).pow(2).mean().sqrt()
+                               / tokens.norm(dim=-1).pow(2).mean().sqrt())
+        last = model.net.mm_projector[2]
+        last.weight.mul_(ratio)
+        last.bias.mul_(ratio)
+    return ratio
+
+
 def trainable_parameters(model: Vlm3rModel, cfg: TrainConfig) -> tuple[list[torch.nn.Parameter],
                                                                         dict[str, Any]]:
     """Freeze the vision tower; return the parameters to train and the LoRA wrappers."""
@@ -280,14 +308,24 @@ def export_release(model: Vlm3rModel, wrapped: dict[str, Any], cfg: TrainConfig,
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the tuning; return the final validation metrics."""
     from vlm3r_ros.train.eval_vlm3r import evaluate_items  # the evaluator imports this module
+    rank, world, device = setup_distributed(cfg.device)
+    if world > 1:
+        cfg = dataclasses.replace(cfg, device=str(device))
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # every rank starts from the same weights
     model = build_model(cfg)
+    if rank != 0:
+        barrier(world)  # rank 0 builds (or checks) the caches first
     train_items, val_items, train_cache, val_cache = prepare_data(cfg, model, out)
+    if rank == 0:
+        barrier(world)
     if cfg.cache_only:
+        shutdown(world)
         return {}
+    if cfg.batch % world:
+        raise SystemExit(f'--batch {cfg.batch} must be a multiple of the {world} processes')
     ground_train = grounding_items(train_cache, cfg.seed)
     ground_val = grounding_items(val_cache, cfg.seed + 1)
     if grounding_share(cfg, 0) > 0 and not ground_train:
@@ -296,6 +334,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     params, wrapped = trainable_parameters(model, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batcher = Batcher(model, train_cache, cfg.blind)
+    if cfg.profile == 'tiny' and cfg.match_visual_scale and train_cache is not None:
+        ratio = match_visual_scale(model, batcher, train_cache.seeds[:8], cfg.match_visual_scale)
+        if rank == 0:
+            print(f'projector output scaled by {ratio:.4f} (visual tokens at the text '
+                  'embeddings\' RMS)', flush=True)
     step, minutes = 0, 0.0
     ckpt_path = out / 'ckpt.pt'
     if ckpt_path.is_file():
@@ -305,14 +348,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         opt.load_state_dict(ckpt['optimizer'])
         step, minutes = int(ckpt['step']), float(ckpt['minutes'])
         print(f'resumed at step {step}', flush=True)
-    rng = np.random.default_rng([cfg.seed, step])
+    # Per rank and per resumed step: a resume draws fresh batches, ranks draw different ones.
+    rng = np.random.default_rng([cfg.seed, step, rank])
     val_rng = np.random.default_rng(cfg.seed + 1)
     val_subset = [val_items[i] for i in sorted(val_rng.permutation(len(val_items))
                                                [:cfg.val_items])]
-    log = (out / 'metrics.jsonl').open('a', encoding='utf8')
-    print(f'{len(train_items)} training items (+{len(ground_train)} grounding), '
-          f'{len(val_subset)} val items (+{len(ground_val)} grounding), '
-          f'{sum(p.numel() for p in params)} trainable parameters', flush=True)
+    lead = rank == 0  # logs, evaluates, checkpoints and exports
+    log = (out / 'metrics.jsonl').open('a', encoding='utf8') if lead else None
+    if lead:
+        print(f'{len(train_items)} training items (+{len(ground_train)} grounding), '
+              f'{len(val_subset)} val items (+{len(ground_val)} grounding), '
+              f'{sum(p.numel() for p in params)} trainable parameters, {world} process(es)',
+              flush=True)
+    per_rank = cfg.batch // world  # cfg.batch is the global batch
     model.net.train()
     model.net.vision_tower.eval()
     t0 = time.monotonic() - minutes * 60
@@ -327,25 +375,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     while step < cfg.steps:
         for group in opt.param_groups:
             group['lr'] = learning_rate(cfg, step)
-        n_ground = int(rng.binomial(cfg.batch, grounding_share(cfg, step)))
+        n_ground = int(rng.binomial(per_rank, grounding_share(cfg, step)))
         batch = [train_items[i] for i in rng.integers(len(train_items),
-                                                      size=cfg.batch - n_ground)]
+                                                      size=per_rank - n_ground)]
         batch += [ground_train[i] for i in rng.integers(len(ground_train), size=n_ground)]
         loss = batcher.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
         elapsed = (time.monotonic() - t0) / 60
-        if step % cfg.log_every == 0 or step == 1:
+        if lead and (step % cfg.log_every == 0 or step == 1):
             row = {'step': step, 'loss': round(loss.item(), 4), 'lr': learning_rate(cfg, step),
                    'minutes': round(elapsed, 2)}
+            assert log is not None
             log.write(json.dumps(row) + '\n')
             log.flush()
             print(json.dumps(row), flush=True)
-        last = step == cfg.steps or (cfg.max_minutes and elapsed > cfg.max_minutes)
-        if step % cfg.eval_every == 0 or last:
+        last = step == cfg.steps or rank0_decides(
+            bool(cfg.max_minutes) and elapsed > cfg.max_minutes, world, device)
+        if lead and (step % cfg.eval_every == 0 or last):
             model.net.eval()
             metrics = evaluate_items(model, val_subset, val_cache, blind=cfg.blind).summary()
             if ground_val:
@@ -354,16 +405,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             model.net.train()
             model.net.vision_tower.eval()
             row = {'step': step, 'val': metrics, 'minutes': round(elapsed, 2)}
+            assert log is not None
             log.write(json.dumps(row) + '\n')
             log.flush()
             print(json.dumps(row), flush=True)
             save()
         if last:
             break
-    model.net.eval()
-    export_release(model, wrapped, cfg, out / 'release')
-    (out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg), indent=1),
-                                     encoding='utf8')
+    if lead:
+        model.net.eval()
+        export_release(model, wrapped, cfg, out / 'release')
+        (out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg) | {
+            'world_size': world}, indent=1), encoding='utf8')
+    barrier(world)
+    shutdown(world)
     return metrics
 
 
