@@ -8,7 +8,10 @@ setup(
     version='0.1.0',
     packages=find_packages(include=[package_name, f'{package_name}.*']),
     # The trained embedded default and its model card travel with the package.
-    package_data={f'{package_name}.weights': ['*.safetensors', '*.md', '*.json']},
+    package_data={f'{package_name}.weights': [
+        '*.safetensors', '*.md', '*.json', '*.png',
+        # The small VLM-3R and its blind twin in the release layout (base/ + adapter/).
+        'vlm3r_small/*/*', 'vlm3r_small_blind/*/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{package_name}']),
         (f'share/{package_name}', ['package.xml']),

@@ -58,13 +58,16 @@ def presence_row(ids_per_frame: Sequence[np.ndarray], scene_json: str) -> np.nda
     return row
 
 
-def presence_items(seeds: Sequence[int], presence: np.ndarray, seed: int = 0) -> list[QAItem]:
+def presence_items(seeds: Sequence[int], presence: np.ndarray, seed: int = 0,
+                   fixed_order: bool = False) -> list[QAItem]:
     """Return yes/no presence items balanced within every category.
 
     ``presence`` is (S, C) as `presence_row`, row k for ``seeds[k]``. For each category
     as many PRESENT as ABSENT (scene, category) pairs are drawn (as many as the rarer label
-    has), so that not even "chairs are usually there" helps a blind model; the yes/no
-    option order is drawn at random. Items come in scene order.
+    has), so that not even "chairs are usually there" helps a blind model. The yes/no
+    option order is drawn at random, or with ``fixed_order`` always 'A. yes', 'B. no' (the
+    letter then is the visual bit itself, with no option reading to learn first; balanced
+    labels keep both letters equally likely). Items come in scene order.
     """
     rng = np.random.default_rng(seed)
     chosen: list[tuple[int, int, bool]] = []
@@ -77,7 +80,7 @@ def presence_items(seeds: Sequence[int], presence: np.ndarray, seed: int = 0) ->
     items = []
     for n, (row, col, present) in enumerate(sorted(chosen)):
         name = PRESENCE_CATEGORIES[col]
-        texts = ['yes', 'no'] if rng.random() < 0.5 else ['no', 'yes']
+        texts = ['yes', 'no'] if fixed_order or rng.random() < 0.5 else ['no', 'yes']
         answer = 'A' if texts[0] == ('yes' if present else 'no') else 'B'
         items.append(QAItem(
             id=f's{seeds[row]}-{TASK}-{n}', task=TASK,

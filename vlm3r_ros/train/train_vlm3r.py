@@ -81,6 +81,7 @@ class TrainConfig:
     # linearly from ground_share to ground_share_end over the run; 0 = VSI items only.
     ground_share: float = 0.5
     ground_share_end: float = 0.1
+    ground_fixed_order: bool = False  # grounding options always 'A. yes', 'B. no'
     max_scenes: int = 0  # per split, 0 = all (smoke tests)
     eval_every: int = 500
     val_items: int = 400
@@ -91,7 +92,7 @@ class TrainConfig:
     cache_only: bool = False  # build the caches and stop (then train runs in parallel)
     max_minutes: float = 0.0  # stop cleanly after this much training time (0 = none)
     # Tiny from scratch: scale the projector's output layer at init so visual tokens start
-    # at the RMS of the text embeddings (a random projector emits tokens ~40x larger, which
+    # at the RMS of the text embeddings (a random projector emits tokens ~20x larger, which
     # swamp the question tokens' identity in the residual stream: the model then ignores
     # the frames). 0 = leave the init as it is.
     match_visual_scale: float = 1.0
@@ -114,11 +115,12 @@ def grounding_share(cfg: TrainConfig, step: int) -> float:
     return cfg.ground_share + (cfg.ground_share_end - cfg.ground_share) * t
 
 
-def grounding_items(cache: qa_data.FeatureCache | None, seed: int) -> list[QAItem]:
+def grounding_items(cache: qa_data.FeatureCache | None, seed: int,
+                    fixed_order: bool = False) -> list[QAItem]:
     """Return the grounding items of a cached split (none without presence labels)."""
     if cache is None or cache.presence is None:
         return []
-    return presence_items(cache.seeds, cache.presence.numpy(), seed)
+    return presence_items(cache.seeds, cache.presence.numpy(), seed, fixed_order)
 
 
 def target_text(item: QAItem) -> str:
@@ -326,8 +328,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return {}
     if cfg.batch % world:
         raise SystemExit(f'--batch {cfg.batch} must be a multiple of the {world} processes')
-    ground_train = grounding_items(train_cache, cfg.seed)
-    ground_val = grounding_items(val_cache, cfg.seed + 1)
+    ground_train = grounding_items(train_cache, cfg.seed, cfg.ground_fixed_order)
+    ground_val = grounding_items(val_cache, cfg.seed + 1, cfg.ground_fixed_order)
     if grounding_share(cfg, 0) > 0 and not ground_train:
         raise SystemExit('ground_share > 0 needs a feature cache with presence labels '
                          '(rebuild it: delete the features-*.safetensors files)')
