@@ -9,3 +9,5 @@ CUT3R_SMALL = WEIGHTS_DIR / 'cut3r_small.safetensors'
 VLM3R_SMALL = WEIGHTS_DIR / 'vlm3r_small'
 #: Its blind twin (same size and budget, trained without frames): the evaluation's control.
 VLM3R_SMALL_BLIND = WEIGHTS_DIR / 'vlm3r_small_blind'
+#: ``vlm3r-eval-model``'s held-out report of VLM3R_SMALL (the model card's table).
+VLM3R_SMALL_EVAL = WEIGHTS_DIR / 'vlm3r_small_eval_test.json'
