@@ -16,9 +16,10 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import ns_to_stamp, rgb_to_image
 from vlm3r_ros.node.vlm3r_node import Vlm3rNode
 
@@ -121,6 +122,21 @@ def synthetic_frame(i: int, width: int = 64, height: int = 48) -> np.ndarray:
     g = (y * 5 + i * 3) % 256
     b = ((x + y) * 3 + i * 11) % 256
     return np.stack([r, g, b], axis=2).astype(np.uint8)
+
+
+def stream_into_node(client: Node, ns: str, frames: Any, pause_s: float = 0.08) -> Any:
+    """Wait until the node in ``ns`` has its model, publish ``frames`` ((stamp ns, RGB)
+    pairs) reliably on its image topic at a camera's pace (the geometry worker keeps up);
+    return the SceneStatus Collector."""
+    statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
+    statuses.wait(lambda m: m.model_state == SceneStatus.MODEL_READY, timeout=60)
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    pub = client.create_publisher(Image, f'{ns}/camera/image_raw', reliable)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 10.0)
+    for stamp, img in frames:
+        pub.publish(rgb_to_image(img, stamp))
+        time.sleep(pause_s)
+    return statuses
 
 
 def publish_frames(node: Node, topic: str, count: int, start_ns: int = 1_000_000_000,

@@ -12,15 +12,11 @@ model does not beat it (MODEL_CARD_VLM3R.md), so that is not asserted.
 import time
 
 import pytest
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
 
-from ros_support import Collector, call, client_node, running_node, wait_for
+from ros_support import call, client_node, running_node, stream_into_node
 from vlm3r_ros.eval.bags import TOPIC_IMAGE, read_bag_frames, write_bag
 from vlm3r_ros.eval.qa import load_qa
 from vlm3r_ros.eval.scoring import score_items
-from vlm3r_ros.msg import SceneStatus
-from vlm3r_ros.node.ros_convert import rgb_to_image
 from vlm3r_ros.srv import SpatialQuery
 from vlm3r_ros.tools.demo import blind_report
 from vlm3r_ros.train.dataset import SPLIT_SEED_BASE
@@ -48,17 +44,10 @@ def held_out_bag(seed, directory):
 
 def ask_all(frames, items):
     """Stream ``frames`` into a fresh node, ask every item; return {item id: answer text}."""
-    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     with running_node(model_profile='tiny', geometry_rate_hz=100.0, qos_reliability='reliable',
                       qos_depth=100, keyframe_selection='uniform',
                       keyframe_budget=BUDGET) as (_node, ns), client_node() as client:
-        statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
-        statuses.wait(lambda m: m.model_state == SceneStatus.MODEL_READY, timeout=60)
-        pub = client.create_publisher(Image, f'{ns}/camera/image_raw', reliable)
-        assert wait_for(lambda: pub.get_subscription_count() > 0, 10.0)
-        for stamp, img in frames:
-            pub.publish(rgb_to_image(img, stamp))
-            time.sleep(0.08)
+        statuses = stream_into_node(client, ns, frames)
         statuses.wait(lambda m: m.frames_received >= len(frames), timeout=60)
         time.sleep(1.0)  # the geometry worker finishes the last frames
         answers = {}

@@ -13,15 +13,13 @@ import time
 import numpy as np
 import pytest
 from nav_msgs.msg import Path as PathMsg
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from rclpy.qos import DurabilityPolicy, QoSProfile
 
-from ros_support import Collector, call, client_node, running_node, wait_for
+from ros_support import call, client_node, running_node, stream_into_node, wait_for
 from vlm3r_ros.eval.bags import TOPIC_IMAGE, read_bag_frames, write_bag
 from vlm3r_ros.eval.render import render
 from vlm3r_ros.eval.trajectory_check import check_trajectory
-from vlm3r_ros.msg import SceneStatus
-from vlm3r_ros.node.ros_convert import rgb_to_image, stamp_to_ns
+from vlm3r_ros.node.ros_convert import stamp_to_ns
 from vlm3r_ros.srv import SpatialQuery
 from vlm3r_ros.train.dataset import SPLIT_SEED_BASE
 from vlm3r_ros.pipeline.voxels import voxel_keys
@@ -46,16 +44,9 @@ def held_out(tmp_path_factory):
 def test_rgb_only_keyframes_and_trajectory_come_from_trained_geometry(held_out):
     assert CUT3R_SMALL.is_file(), 'the shipped weights are missing'
     spec, frames = held_out
-    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     with running_node(model_profile='tiny', geometry_rate_hz=100.0, qos_reliability='reliable',
                       qos_depth=100) as (_node, ns), client_node() as client:
-        statuses = Collector(client, SceneStatus, f'{ns}/vlm3r_node/status')
-        statuses.wait(lambda m: m.model_state == SceneStatus.MODEL_READY, timeout=60)
-        pub = client.create_publisher(Image, f'{ns}/camera/image_raw', reliable)
-        assert wait_for(lambda: pub.get_subscription_count() > 0, 10.0)
-        for stamp, img in frames:
-            pub.publish(rgb_to_image(img, stamp))
-            time.sleep(0.08)  # a camera's pace: the geometry worker keeps up
+        statuses = stream_into_node(client, ns, frames)
         status = statuses.wait(lambda m: m.frames_received >= len(frames)
                                and m.buffer_length >= len(frames) - m.frames_dropped,
                                timeout=60)
