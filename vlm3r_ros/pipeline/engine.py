@@ -704,18 +704,17 @@ class SpatialEngine:
         on_token = job.on_token if job is not None else None
         pieces: list[str] = []
         after_cancel = 0  # tokens decoded with the cancel flag up (at most the running one)
+        text: str | None = None  # an answer decided in one piece, else greedy decoding
         if request.options and self.config.option_decoding == 'constrained':
             # The model's likeliest option letter: always a valid option (an operator gets
             # an answer, not free text that names none); 'generate' is VSI-Bench's protocol.
             index, _ = bundle.spatial.choose(prompt, tokens, len(request.options),
                                              prefix_key=key)
             text = f'{option_letter(index)}. {strip_option_label(request.options[index])}'
-            stage('decoding', 0.9)
-            if on_token is not None:
-                on_token(text)
         elif (self.config.numeric_decoding != 'greedy'
-              and resolve_answer_type(request.answer_type, request.options) == 'number'
-              and (text := self._estimate_number(bundle, prompt, tokens, key)) is not None):
+              and resolve_answer_type(request.answer_type, request.options) == 'number'):
+            text = self._estimate_number(bundle, prompt, tokens, key)  # None: greedy
+        if text is not None:
             stage('decoding', 0.9)
             if on_token is not None:
                 on_token(text)

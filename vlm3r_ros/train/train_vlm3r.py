@@ -368,6 +368,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.monotonic() - minutes * 60
     metrics: dict[str, Any] = {}
 
+    def record(row: dict[str, Any]) -> None:
+        """Append a metrics row to metrics.jsonl and print it (rank 0 only calls this)."""
+        assert log is not None
+        log.write(json.dumps(row) + '\n')
+        log.flush()
+        print(json.dumps(row), flush=True)
+
     def save() -> None:
         torch.save({'params': [p.detach().cpu() for p in params],
                     'optimizer': opt.state_dict(), 'step': step,
@@ -390,12 +397,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         elapsed = (time.monotonic() - t0) / 60
         if lead and (step % cfg.log_every == 0 or step == 1):
-            row = {'step': step, 'loss': round(loss.item(), 4), 'lr': learning_rate(cfg, step),
-                   'minutes': round(elapsed, 2)}
-            assert log is not None
-            log.write(json.dumps(row) + '\n')
-            log.flush()
-            print(json.dumps(row), flush=True)
+            record({'step': step, 'loss': round(loss.item(), 4),
+                    'lr': learning_rate(cfg, step), 'minutes': round(elapsed, 2)})
         last = step == cfg.steps or rank0_decides(
             bool(cfg.max_minutes) and elapsed > cfg.max_minutes, world, device)
         if lead and (step % cfg.eval_every == 0 or last):
@@ -406,14 +409,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     'overall']
             model.net.train()
             model.net.vision_tower.eval()
-            row = {'step': step, 'val': metrics, 'minutes': round(elapsed, 2)}
-            assert log is not None
-            log.write(json.dumps(row) + '\n')
-            log.flush()
-            print(json.dumps(row), flush=True)
+            record({'step': step, 'val': metrics, 'minutes': round(elapsed, 2)})
             save()
         if last:
             break
+    if log is not None:
+        log.close()
     if lead:
         model.net.eval()
         export_release(model, wrapped, cfg, out / 'release')
