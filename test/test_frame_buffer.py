@@ -225,3 +225,22 @@ def test_looping_bag_with_identical_stamps_resets_instead_of_dropping():
     for s in stamps[1:]:
         assert buf.add(s, img).accepted
     assert len(buf) == 6 and buf.stats().resets == 1
+
+
+def test_restore_replaces_the_content_keeps_newer_frames_and_never_reuses_ids():
+    evicted = []
+    buf = FrameBuffer(max_frames=3, on_evict=lambda r: evicted.append(r.frame_id))
+    for stamp in (10, 20, 90):
+        buf.add(stamp, img())
+    buf.attach(2, pose=np.eye(4))
+    saved = [FrameRecord(5, 30, img()), FrameRecord(7, 40, img(), pose=np.eye(4))]
+    offset, kept = buf.restore(saved)
+    assert offset == 3 - 5  # the oldest restored frame takes the next unused id (3)
+    assert [(r.frame_id, r.stamp_ns) for r in buf.snapshot()] == [(3, 30), (5, 40), (6, 90)]
+    assert kept[0].stamp_ns == 90 and kept[0].pose is None  # newer frame kept, geometry gone
+    assert sorted(evicted) == [0, 1]
+    assert buf.add(100, img()).frame.frame_id == 7
+    assert [r.stamp_ns for r in buf.snapshot()] == [40, 90, 100]  # bounds still apply
+    with pytest.raises(ValueError):
+        buf.restore([FrameRecord(1, 50, img()), FrameRecord(2, 50, img())])
+    assert len(buf) == 3

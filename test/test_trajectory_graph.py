@@ -306,3 +306,25 @@ def test_astar_matches_dijkstra_and_path_is_consistent(points: list[tuple[float,
     assert res.node_ids[0] == start and res.node_ids[-1] == goal
     for a, b in zip(res.node_ids[:-1], res.node_ids[1:]):
         assert b in g.neighbours(a)
+
+
+def test_export_import_rebuilds_the_same_graph_and_keeps_building() -> None:
+    graph = square_loop(0.6)
+    walk(graph, [(0.5, 0.5, 0.0)], first_frame=1000)  # after the loop: a revisit
+    state = graph.export_state()
+    copy = TrajectoryGraph(node_spacing_m=0.5, link_radius_m=0.6)
+    copy.import_state(state)
+    assert copy.edges() == graph.edges() and copy.node_ids == graph.node_ids
+    for a, b in ((0, len(graph) - 1), (3, 9)):
+        pa, pb = graph.shortest_path(a, b), copy.shortest_path(a, b)
+        assert pa.node_ids == pb.node_ids and pa.length_m == pb.length_m
+    # The latest node and heading carried over: the next pose extends the same chain.
+    pose = zup_pose(1.2, 0.5, 0.0)
+    assert graph.add_pose(2000, 2000, pose) == copy.add_pose(2000, 2000, pose)
+    assert copy.edges() == graph.edges()
+    copy.renumber_frames(10)
+    assert copy.node_for_frame(2010) == graph.node_for_frame(2000)
+    broken = dict(state, edges=np.array([[0, 999, 0]]))
+    with pytest.raises(ValueError, match='unknown nodes'):
+        copy.import_state(broken)
+    assert copy.node_for_frame(2010) is not None  # a refused import leaves the graph as it was

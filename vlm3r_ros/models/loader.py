@@ -24,6 +24,7 @@ from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
 from vlm3r_ros.models.cut3r.config import Cut3rConfig
 from vlm3r_ros.models.cut3r.model import Cut3rModel
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
+from vlm3r_ros.models.identity import model_identity
 from vlm3r_ros.models.profiles import NUMERICS, get_profile
 from vlm3r_ros.models.vlm3r.model import Vlm3rModel
 from vlm3r_ros.pipeline.engine import ModelBundle
@@ -176,8 +177,8 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
     elif spec.profile == 'vlm3r-7b':
         profile = get_profile('vlm3r-7b', fusion=spec.fusion, device=device, dtype=dtype_name,
                               **_weight_paths(spec.base_path, 'vlm3r_base_path', spec))
-        cut3r = load_cut3r(_existing(spec.cut3r_weights, 'cut3r_weights'), device=device,
-                           dtype=dtype, rope_fp16_rounding=rope16)
+        cut3r_path = _existing(spec.cut3r_weights, 'cut3r_weights')
+        cut3r = load_cut3r(cut3r_path, device=device, dtype=dtype, rope_fp16_rounding=rope16)
     else:
         raise ModelConfigError(f'unknown model profile {spec.profile!r}')
     if cut3r.config.dec_embed_dim != profile.geometry_dim:
@@ -191,8 +192,16 @@ def load_bundle(spec: ModelSpec) -> ModelBundle:
     def close() -> None:
         lmm.clear_cache()
 
+    lmm_weights = paths if spec.profile == 'tiny' else _weight_paths(
+        spec.base_path, 'vlm3r_base_path', spec)
+    identity = model_identity(
+        {'profile': spec.profile, 'fusion': spec.fusion, 'dtype': dtype_name,
+         'numerics': numerics, 'geometry_backend': spec.geometry_backend},
+        {'cut3r': (cut3r_path if spec.profile != 'tiny' or cut3r_path
+                   else f'seeded random (seed {TINY_SEED})'),
+         **(lmm_weights or {'lmm': f'seeded random (seed {TINY_SEED})'})})
     return ModelBundle(profile=spec.profile, new_geometry_stream=new_stream, spatial=lmm,
-                       close=close)
+                       close=close, identity=identity)
 
 
 def _stream_factory(spec: ModelSpec, cut3r: Cut3rModel, size: tuple[int, int],

@@ -36,6 +36,7 @@ from vlm3r_ros.pipeline.poses import PoseHistory
 from vlm3r_ros.pipeline.reconstruction import (GeometryEvent, VoxelCloud, colored_voxels,
                                                 mean_confidence)
 from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
+from vlm3r_ros.pipeline.scene_memory import SceneMemory
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.route_steps import parse_route_steps, steps_agree, steps_from_path
 from vlm3r_ros.planning.trajectory_graph import (EDGE_TRAVERSED, GroundPlane, TrajectoryGraph,
@@ -100,6 +101,9 @@ class ModelBundle:
     new_geometry_stream: Callable[[], GeometryStream]
     spatial: SpatialModel
     close: Callable[[], None] = lambda: None
+    # Which weights computed the geometry and tokens (vlm3r_ros.models.identity); a saved
+    # scene's cached results are reused only under an equal, non-empty identity.
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -183,8 +187,11 @@ class _Job:
 _WAKE = _Job('wake', None, RequestFuture())
 
 
-class SpatialEngine:
-    """Frames in, answers and routes out; see the module docstring for the threads."""
+class SpatialEngine(SceneMemory):
+    """Frames in, answers and routes out; see the module docstring for the threads.
+
+    Scene memory (save, load, reset) is :class:`~vlm3r_ros.pipeline.scene_memory.SceneMemory`.
+    """
 
     def __init__(self, config: EngineConfig,
                  loader: Callable[[], ModelBundle] | None = None) -> None:
@@ -206,7 +213,12 @@ class SpatialEngine:
                                   on_evict=self._on_evict,
                                   reset_threshold_s=config.reset_threshold_s)
         self._pending: FrameRecord | None = None
+        # Frames to process in order before the pending one (a loaded scene's recompute).
+        self._backlog: deque[FrameRecord] = deque()
         self._pending_cv = threading.Condition()
+        # Held while the geometry worker takes and processes a frame; scene save/load/reset
+        # take it so that they never see or replace a half-processed frame.
+        self._geometry_lock = threading.Lock()
         self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=config.request_queue_size)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -419,27 +431,36 @@ class SpatialEngine:
             rate = self.config.geometry_rate_hz  # read each frame: it may change live
             period = 1.0 / rate if rate > 0 else 0.0
             with self._pending_cv:
-                while self._pending is None and not self._stop.is_set():
+                while (self._pending is None and not self._backlog
+                       and not self._stop.is_set()):
                     self._pending_cv.wait(0.5)
-                record, self._pending = self._pending, None
-            if record is None or self._stop.is_set():
+            if self._stop.is_set():
                 continue
-            with self._lock:
-                bundle, stream = self._bundle, self._stream
-                if epoch != self._stream_epoch and stream is not None:
-                    # A new timeline: a brand-new sequence, new world frame.
-                    stream.reset(mode='new_sequence')
-                    epoch = self._stream_epoch
-            if bundle is None or stream is None:
-                continue  # no model: frames stay buffered without geometry
             started = time.monotonic()
-            try:
-                self._process_frame(record, bundle, stream)
-            except Exception as exc:  # noqa: BLE001 - report, keep serving
-                self._report_error(f'geometry failed on frame {record.frame_id}: '
-                                   f'{type(exc).__name__}: {exc}')
+            with self._geometry_lock:
+                with self._pending_cv:
+                    from_backlog = bool(self._backlog)
+                    if from_backlog:
+                        record = self._backlog.popleft()
+                    else:
+                        record, self._pending = self._pending, None
+                if record is None:
+                    continue  # a scene load or reset took it
+                with self._lock:
+                    bundle, stream = self._bundle, self._stream
+                    if epoch != self._stream_epoch and stream is not None:
+                        # A new timeline: a brand-new sequence, new world frame.
+                        stream.reset(mode='new_sequence')
+                        epoch = self._stream_epoch
+                if bundle is None or stream is None:
+                    continue  # no model: frames stay buffered without geometry
+                try:
+                    self._process_frame(record, bundle, stream)
+                except Exception as exc:  # noqa: BLE001 - report, keep serving
+                    self._report_error(f'geometry failed on frame {record.frame_id}: '
+                                       f'{type(exc).__name__}: {exc}')
             wait = period - (time.monotonic() - started)
-            if wait > 0:
+            if wait > 0 and not from_backlog:  # a backlog is caught up at full speed
                 self._stop.wait(wait)
 
     def _process_frame(self, record: FrameRecord, bundle: ModelBundle,

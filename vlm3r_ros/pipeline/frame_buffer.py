@@ -260,6 +260,55 @@ class FrameBuffer:
         self._notify(gone)
         return alive
 
+    def restore(self, records: list[FrameRecord]) -> tuple[int, list[FrameRecord]]:
+        """Replace the content by ``records`` (a saved scene) in one step under the lock.
+
+        Buffered records newer than the newest restored one (frames that arrived while
+        the scene was loading) are kept after them, stripped of their pose, voxels,
+        geometry and tokens (they belong to the previous world), and renumbered; the other
+        records leave (``on_evict`` for each, counted as cleared). The restored records
+        keep their order and relative ids: each gets ``frame_id + offset``, which puts the
+        oldest at the next unused id, so ids are never reused. The bounds then apply as
+        after an add (the oldest may be evicted).
+
+        Returns:
+            ``(offset, kept)``: the id offset and the kept newer records, oldest first.
+
+        Raises:
+            ValueError: when ``records`` is empty or its stamps or ids are not strictly
+                increasing (nothing changed).
+        """
+        stamps = [int(r.stamp_ns) for r in records]
+        ids = [int(r.frame_id) for r in records]
+        if not records or any(b <= a for a, b in zip(stamps, stamps[1:])) or \
+                any(b <= a for a, b in zip(ids, ids[1:])):
+            raise ValueError('restored frames must be non-empty, with strictly increasing '
+                             'stamps and ids')
+        with self._lock:
+            kept = [self._by_stamp[s] for s in self._stamps if s > stamps[-1]]
+            gone = [self._by_stamp[s] for s in self._stamps if s <= stamps[-1]]
+            self._cleared += len(gone)
+            self._drop_all_locked()
+            offset = self._next_id - ids[0]
+            for rec in records:
+                rec.frame_id += offset
+            next_id = records[-1].frame_id + 1
+            for rec in kept:
+                rec.frame_id, next_id = next_id, next_id + 1
+                rec.pose = rec.voxels = rec.geometry = rec.tokens = None
+            for rec in records + kept:
+                nb = rec.nbytes()
+                self._stamps.append(int(rec.stamp_ns))
+                self._by_stamp[rec.stamp_ns] = rec
+                self._by_id[rec.frame_id] = rec
+                self._bytes_of[rec.frame_id] = nb
+                self._nbytes += nb
+            self._added += len(records)
+            self._next_id = next_id
+            gone.extend(self._enforce_locked())
+        self._notify(gone)
+        return offset, kept
+
     def clear(self) -> list[int]:
         """Remove every record (``on_evict`` for each); return their ids in time order."""
         with self._lock:

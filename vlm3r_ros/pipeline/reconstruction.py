@@ -118,6 +118,11 @@ class VoxelCloud:
             if self._frames.pop(frame_id, None) is not None:
                 self._version += 1
 
+    def entries(self) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+        """Return every frame's (frame_id, stamp_ns, keys, rgb), oldest first (to save)."""
+        with self._lock:
+            return [(fid, *entry) for fid, entry in self._frames.items()]
+
     def clear(self) -> None:
         """Drop everything (world reset)."""
         with self._lock:

@@ -403,6 +403,104 @@ class TrajectoryGraph:
             self._remove_node(nid)
         return len(old)
 
+    # ----------------------------------------------------------------- saving
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Return nodes, edges and the frame index as plain arrays (for a saved scene).
+
+        :meth:`import_state` on a graph with the same settings rebuilds this graph exactly
+        (node ids, chains, edges, the latest node and heading), so planning continues as if
+        nothing happened. :meth:`settings` says which settings must match.
+        """
+        nodes = list(self._nodes.values())
+        edges = [(a, b, 0 if kind == EDGE_TRAVERSED else 1)
+                 for a, nbrs in self._adj.items() for b, kind in nbrs.items() if a < b]
+        frames = list(self._frames.items())
+        return {
+            'node_ids': np.array([n.node_id for n in nodes], np.int64),
+            'frame_ids': np.array([n.frame_id for n in nodes], np.int64),
+            'stamps_ns': np.array([[n.stamp_ns, n.last_stamp_ns] for n in nodes],
+                                  np.int64).reshape(-1, 2),
+            'positions': np.array([n.position for n in nodes], np.float64).reshape(-1, 3),
+            'plane_xy': np.array([n.plane_xy for n in nodes], np.float64).reshape(-1, 2),
+            'yaw_odometer': np.array([[n.yaw_rad, n.odometer_m] for n in nodes],
+                                     np.float64).reshape(-1, 2),
+            'chain_ids': np.array([n.chain_id for n in nodes], np.int64),
+            'edges': np.array(edges, np.int64).reshape(-1, 3),
+            'frame_index': np.array([[f, node] for f, (node, _) in frames],
+                                    np.int64).reshape(-1, 2),
+            'frame_yaw': np.array([yaw for _, (_, yaw) in frames], np.float64),
+            'cursor': np.array([-1 if self._last_node is None else self._last_node,
+                                self._chain], np.int64),
+            'last_yaw': np.array([self._last_yaw], np.float64),
+        }
+
+    def settings(self) -> dict[str, float | list[float] | None]:
+        """Return the settings that shape the graph (a saved graph records them)."""
+        return {'node_spacing_m': self.node_spacing_m, 'link_radius_m': self.link_radius_m,
+                'heading_change_rad': self.heading_change_rad,
+                'revisit_min_travel_m': self.revisit_min_travel_m,
+                'max_jump_m': self.max_jump_m, 'up_axis': self.plane.up.tolist()}
+
+    def import_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace this graph by one written by :meth:`export_state`.
+
+        Raises ValueError (the graph is left unchanged) when arrays are
+        missing, of the wrong shape, or edges name unknown nodes.
+        """
+        try:
+            ids = np.asarray(arrays['node_ids'], np.int64).reshape(-1)
+            n = ids.size
+            frame_ids = np.asarray(arrays['frame_ids'], np.int64).reshape(n)
+            stamps = np.asarray(arrays['stamps_ns'], np.int64).reshape(n, 2)
+            positions = np.asarray(arrays['positions'], np.float64).reshape(n, 3)
+            plane_xy = np.asarray(arrays['plane_xy'], np.float64).reshape(n, 2)
+            yaw_odo = np.asarray(arrays['yaw_odometer'], np.float64).reshape(n, 2)
+            chains = np.asarray(arrays['chain_ids'], np.int64).reshape(n)
+            edges = np.asarray(arrays['edges'], np.int64).reshape(-1, 3)
+            index = np.asarray(arrays['frame_index'], np.int64).reshape(-1, 2)
+            frame_yaw = np.asarray(arrays['frame_yaw'], np.float64).reshape(index.shape[0])
+            last_node, chain = (int(v) for v in np.asarray(arrays['cursor']).reshape(2))
+            last_yaw = float(np.asarray(arrays['last_yaw']).reshape(1)[0])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f'malformed trajectory graph: {exc}') from exc
+        known = set(ids.tolist())
+        if len(known) != n or not set(edges[:, :2].reshape(-1).tolist()) <= known \
+                or not set(index[:, 1].tolist()) <= known \
+                or (last_node >= 0 and last_node not in known):
+            raise ValueError('malformed trajectory graph: edges or frames name unknown nodes')
+        if not (np.isfinite(positions).all() and np.isfinite(plane_xy).all()
+                and np.isfinite(yaw_odo).all()):
+            raise ValueError('malformed trajectory graph: non-finite node positions')
+        self.clear()
+        for i in range(n):
+            node = TrajectoryNode(
+                node_id=int(ids[i]), frame_id=int(frame_ids[i]),
+                stamp_ns=int(stamps[i, 0]), last_stamp_ns=int(stamps[i, 1]),
+                position=positions[i].copy(), plane_xy=plane_xy[i].copy(),
+                yaw_rad=float(yaw_odo[i, 0]), odometer_m=float(yaw_odo[i, 1]),
+                chain_id=int(chains[i]))
+            self._nodes[node.node_id] = node
+            self._adj[node.node_id] = {}
+            if self.link_radius_m > 0.0:
+                self._grid.setdefault(self._cell(node.plane_xy), set()).add(node.node_id)
+        for a, b, kind in edges.tolist():
+            self._link(a, b, EDGE_TRAVERSED if kind == 0 else EDGE_REVISIT)
+        for (frame_id, node_id), yaw in zip(index.tolist(), frame_yaw.tolist()):
+            self._frames[frame_id] = (node_id, yaw)
+        self._next_id = itertools.count(int(ids.max()) + 1 if n else 0)
+        self._last_node = last_node if last_node >= 0 else None
+        self._last_yaw = last_yaw
+        self._chain = chain
+
+    def renumber_frames(self, offset: int) -> None:
+        """Add ``offset`` to every frame id (the frames were renumbered by a restore)."""
+        if offset == 0:
+            return
+        for node_id, node in list(self._nodes.items()):
+            self._nodes[node_id] = replace(node, frame_id=node.frame_id + offset)
+        self._frames = OrderedDict((f + offset, v) for f, v in self._frames.items())
+
     # ------------------------------------------------------------------ queries
 
     def __len__(self) -> int:

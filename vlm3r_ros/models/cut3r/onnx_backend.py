@@ -236,6 +236,19 @@ class OnnxCut3rStream(StreamBase):
             self._initial = (state, mem)
         self._state, self._mem = self._initial[0].copy(), self._initial[1].copy()
 
+    def _backend_state(self) -> dict[str, np.ndarray]:
+        if self._state is None or self._mem is None:
+            return {}
+        return {'state': self._state.copy(), 'mem': self._mem.copy()}
+
+    def _set_backend_state(self, state: np.ndarray, mem: np.ndarray) -> None:
+        for name, value, shape in (('state', state, self._state_shape),
+                                   ('mem', mem, self._mem_shape)):
+            if tuple(value.shape) != shape:
+                raise ValueError(f'stream {name} has shape {tuple(value.shape)}; this graph '
+                                 f'needs {shape}')
+        self._state, self._mem = state.copy(), mem.copy()
+
     def _run(
         self, img: np.ndarray, rays: Optional[np.ndarray], is_first: bool, update: bool
     ) -> dict[str, object]:

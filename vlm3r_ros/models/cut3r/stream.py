@@ -139,6 +139,53 @@ class StreamBase:
         else:
             raise ValueError(f'unknown reset mode {mode!r}; use one of {RESET_MODES}')
 
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Return the stream's whole state as plain arrays (for a saved scene).
+
+        Keys: ``frame_index`` (one int64), ``reference_pose`` (4x4 float64, present only
+        when the first frame had a known pose), and ``state`` / ``mem`` (float32, present
+        once a frame was processed). :meth:`import_state` of a stream over the same weights
+        continues the sequence exactly where this one stands.
+        """
+        out: dict[str, np.ndarray] = {'frame_index': np.array([self._frame_index], np.int64)}
+        if self._reference_pose is not None:
+            out['reference_pose'] = np.asarray(self._reference_pose, np.float64)
+        out.update(self._backend_state())
+        return out
+
+    def import_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from a state written by :meth:`export_state`.
+
+        Raises:
+            ValueError: when ``frame_index`` is missing or negative, the state and memory
+                are not both given (after frame 0), or their shapes do not fit the model.
+        """
+        raw_index = np.asarray(arrays.get('frame_index', [-1])).reshape(-1)
+        if raw_index.size != 1 or int(raw_index[0]) < 0:
+            raise ValueError('stream state has no valid frame_index')
+        index = int(raw_index[0])
+        has_state = 'state' in arrays and 'mem' in arrays
+        if index > 0 and not has_state:
+            raise ValueError(f'stream state at frame {index} lacks its state/mem arrays')
+        pose = arrays.get('reference_pose')
+        if pose is not None and np.asarray(pose).shape != (4, 4):
+            raise ValueError(f'reference_pose must be 4x4, got {np.asarray(pose).shape}')
+        if has_state:
+            self._set_backend_state(np.asarray(arrays['state'], np.float32),
+                                    np.asarray(arrays['mem'], np.float32))
+        else:
+            self._reset_backend()
+        self._frame_index = index
+        self._reference_pose = None if pose is None else np.asarray(pose, np.float64).copy()
+
+    def _backend_state(self) -> dict[str, np.ndarray]:
+        """Return ``{'state', 'mem'}`` as float32 arrays, or {} before the first frame."""
+        raise NotImplementedError
+
+    def _set_backend_state(self, state: np.ndarray, mem: np.ndarray) -> None:
+        """Install state and memory arrays; raise ValueError when their shapes differ."""
+        raise NotImplementedError
+
     def _reset_backend(self) -> None:
         """Drop backend state (implemented by subclasses)."""
         raise NotImplementedError
@@ -254,6 +301,21 @@ class Cut3rStream(StreamBase):
         """Set the state and memory to the model's initial ones."""
         with torch.inference_mode():
             self._state, self._mem = self.model.init_state(1), self.model.init_mem(1)
+
+    def _backend_state(self) -> dict[str, np.ndarray]:
+        if self._state is None or self._mem is None:
+            return {}
+        return {'state': self._state.float().cpu().numpy(), 'mem': self._mem.float().cpu().numpy()}
+
+    def _set_backend_state(self, state: np.ndarray, mem: np.ndarray) -> None:
+        with torch.inference_mode():
+            init_state, init_mem = self.model.init_state(1), self.model.init_mem(1)
+            for name, value, like in (('state', state, init_state), ('mem', mem, init_mem)):
+                if tuple(value.shape) != tuple(like.shape):
+                    raise ValueError(f'stream {name} has shape {tuple(value.shape)}; this '
+                                     f'model needs {tuple(like.shape)}')
+            self._state = torch.from_numpy(state).to(init_state.device, init_state.dtype)
+            self._mem = torch.from_numpy(mem).to(init_mem.device, init_mem.dtype)
 
     @property
     def state_nbytes(self) -> int:

@@ -1,0 +1,206 @@
+"""Scene memory without ROS: save -> new engine -> load, recompute on another model, bad files."""
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from vlm3r_ros.eval.render import intrinsics, render
+from vlm3r_ros.eval.scenes import make_scene, make_trajectory
+from vlm3r_ros.models.loader import ModelSpec, load_bundle
+from vlm3r_ros.pipeline.engine import EngineConfig, SpatialEngine
+from vlm3r_ros.pipeline.errors import ErrorCode
+from vlm3r_ros.pipeline.requests import QueryRequest, RouteRequest
+from vlm3r_ros.pipeline.scene_memory import SceneNotReady
+from vlm3r_ros.pipeline.scene_store import SceneFileError, read_scene
+
+QUESTION = 'How many chairs are in this room?'
+PERIOD_NS = 500_000_000
+
+
+@pytest.fixture(scope='module')
+def bundle():
+    return load_bundle(ModelSpec(profile='tiny'))
+
+
+@pytest.fixture(scope='module')
+def frames():
+    scene = make_scene(7)
+    traj = make_trajectory(scene, seconds=8, rate_hz=2, seed=7)
+    K = intrinsics(96, 72)
+    return [render(scene, pose, K, 96, 72)[0] for pose in traj.poses]
+
+
+def make_engine(bundle, **cfg):
+    """An RGB-only engine (the encoder's poses and pointmaps), processing every frame."""
+    engine = SpatialEngine(EngineConfig(geometry_rate_hz=0, reconstruction=True, **cfg),
+                           lambda: bundle)
+    engine.load_models(blocking=True)
+    engine.start()
+    return engine
+
+
+def wait_geometry(engine, target, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while engine.status().geometry_frames < target and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert engine.status().geometry_frames >= target
+
+
+def feed(engine, images, first=0):
+    done = engine.status().geometry_frames
+    for i, rgb in enumerate(images):
+        engine.submit_frame(1_000_000_000 + (first + i) * PERIOD_NS, rgb)
+        wait_geometry(engine, done + i + 1)
+
+
+def scene_view(engine):
+    """What a user sees of a scene: keyframes, an answer, the trajectory, a route."""
+    answer = engine.ask(QueryRequest(QUESTION, keyframe_budget=4)).result(30)
+    assert answer.code == ErrorCode.OK, answer.message
+    route = engine.plan(RouteRequest('the chair')).result(30)
+    return (answer.keyframe_stamps_ns, answer.answer, answer.coverage,
+            engine.trajectory().round(6).tolist(), route.code, route.steps,
+            engine.cloud.snapshot().total, len(engine.graph))
+
+
+@pytest.fixture(scope='module')
+def saved(bundle, frames, tmp_path_factory):
+    engine = make_engine(bundle)
+    try:
+        feed(engine, frames[:-1])
+        path = tmp_path_factory.mktemp('scene') / 'scene.safetensors'
+        summary = engine.save_scene(str(path))
+        view = scene_view(engine)
+        feed(engine, frames[-1:], first=len(frames) - 1)
+        next_pose = engine.buffer.latest().pose.copy()
+        return path, summary, view, next_pose
+    finally:
+        engine.stop()
+
+
+def test_save_then_load_in_a_new_engine_gives_the_same_scene_and_answers(bundle, frames,
+                                                                         saved):
+    path, summary, view, next_pose = saved
+    assert summary.frames == len(frames) - 1 and summary.nbytes == path.stat().st_size
+    engine = make_engine(bundle)
+    try:
+        loaded = engine.load_scene(str(path))
+        assert loaded.reused and loaded.frames == len(frames) - 1
+        assert engine.status().geometry_frames == len(frames) - 1
+        assert scene_view(engine) == view
+        # The stream continues from the saved recurrent state: the next frame lands exactly
+        # where it did in the engine that saved the scene.
+        feed(engine, frames[-1:], first=len(frames) - 1)
+        np.testing.assert_allclose(engine.buffer.latest().pose, next_pose, atol=1e-6)
+    finally:
+        engine.stop()
+
+
+def test_another_model_identity_recomputes_everything_from_the_images(bundle, saved):
+    path, summary, view, _ = saved
+    other = dataclasses.replace(bundle, identity={**bundle.identity, 'weights.cut3r': 'other'})
+    engine = make_engine(other)
+    try:
+        loaded = engine.load_scene(str(path))
+        assert not loaded.reused and 'weights.cut3r' in loaded.message
+        wait_geometry(engine, summary.frames)
+        # Same weights underneath, so the recomputation reproduces the saved results.
+        assert scene_view(engine)[:4] == view[:4]
+    finally:
+        engine.stop()
+
+
+def test_bad_files_are_refused_and_leave_the_live_scene_untouched(bundle, frames, saved,
+                                                                  tmp_path):
+    path = saved[0]
+    data = path.read_bytes()
+    flipped = bytearray(data)
+    flipped[-100] ^= 0xFF
+    cases = {
+        'missing.safetensors': None,
+        'truncated.safetensors': data[:len(data) // 2],
+        'flipped.safetensors': bytes(flipped),
+        'text.safetensors': b'not a scene at all',
+        'empty.safetensors': b'',
+    }
+    engine = make_engine(bundle)
+    try:
+        feed(engine, frames[:3])
+        before = engine.buffer.snapshot(), engine.status().keyframe_count
+        for name, content in cases.items():
+            target = tmp_path / name
+            if content is not None:
+                target.write_bytes(content)
+            with pytest.raises(SceneFileError) as err:
+                engine.load_scene(str(target))
+            assert name in str(err.value) or 'digest' in str(err.value)
+            assert engine.buffer.snapshot() == before[0]
+            assert engine.status().keyframe_count == before[1]
+        answer = engine.ask(QueryRequest(QUESTION, keyframe_budget=4)).result(30)
+        assert answer.code == ErrorCode.OK  # still serving
+    finally:
+        engine.stop()
+
+
+def test_a_newer_format_version_is_refused(saved, tmp_path):
+    import json
+    data = saved[0].read_bytes()
+    n = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8:8 + n])
+    manifest = json.loads(header['__metadata__']['vlm3r_scene'])
+    manifest['version'] = 99
+    header['__metadata__']['vlm3r_scene'] = json.dumps(manifest)
+    raw = json.dumps(header).encode()
+    raw += b' ' * (-len(raw) % 8)
+    target = tmp_path / 'future.safetensors'
+    target.write_bytes(len(raw).to_bytes(8, 'little') + raw + data[8 + n:])
+    with pytest.raises(SceneFileError, match='version 99'):
+        read_scene(target)
+
+
+def test_load_waits_for_the_model_and_reset_forgets_the_place(bundle, frames, saved):
+    engine = SpatialEngine(EngineConfig(geometry_rate_hz=0), lambda: bundle)
+    with pytest.raises(SceneNotReady):
+        engine.load_scene(str(saved[0]))  # configured model, not loaded yet
+    results = []
+    engine.load_models()
+    engine.start()
+    try:
+        engine.load_scene_when_ready(str(saved[0]), done=lambda s, e: results.append((s, e)))
+        deadline = time.monotonic() + 30
+        while not results and time.monotonic() < deadline:
+            time.sleep(0.01)
+        summary, error = results[0]
+        assert error is None and summary.reused
+        assert engine.reset_scene() == summary.frames
+        status = engine.status()
+        assert status.buffer_length == 0 and status.keyframe_count == 0
+        assert len(engine.graph) == 0
+        answer = engine.ask(QueryRequest(QUESTION)).result(30)
+        assert answer.code == ErrorCode.NO_FRAMES
+        feed(engine, frames[:2])  # a new place: a fresh stream, as in a new engine
+        fresh = make_engine(bundle)
+        try:
+            feed(fresh, frames[:2])
+            for a, b in zip(engine.buffer.snapshot(), fresh.buffer.snapshot()):
+                np.testing.assert_allclose(a.pose, b.pose, atol=1e-6)
+        finally:
+            fresh.stop()
+    finally:
+        engine.stop()
+
+
+def test_frames_arriving_during_a_load_are_kept_after_the_restored_ones(bundle, frames, saved):
+    engine = make_engine(bundle)
+    try:
+        late = 1_000_000_000 + 100 * PERIOD_NS  # newer than every saved frame
+        engine.submit_frame(late, frames[0])
+        wait_geometry(engine, 1)
+        summary = engine.load_scene(str(saved[0]))
+        stamps = [r.stamp_ns for r in engine.buffer.snapshot()]
+        assert len(stamps) == summary.frames + 1 and stamps[-1] == late
+        wait_geometry(engine, summary.frames + 2)  # 1 before the load, saved ones, then it
+        assert engine.buffer.latest().pose is not None
+    finally:
+        engine.stop()
