@@ -29,6 +29,7 @@ setup(
             'vlm3r_node = vlm3r_ros.node.vlm3r_node:main',
             'vlm3r-ask = vlm3r_ros.tools.ask:main',
             'vlm3r-plan = vlm3r_ros.tools.plan:main',
+            'vlm3r-scene = vlm3r_ros.tools.scene:main',
             'vlm3r-replay = vlm3r_ros.tools.replay:main',
             'vlm3r-eval = vlm3r_ros.tools.evaluate:main',
             'vlm3r-map = vlm3r_ros.tools.route_map_cli:main',

@@ -60,7 +60,7 @@ def test_launch_config_and_weights_are_installed():
     import vlm3r_ros
     from vlm3r_ros.action import SpatialQuery as QueryAction
     from vlm3r_ros.msg import SceneStatus
-    from vlm3r_ros.srv import PlanRoute, SpatialQuery
+    from vlm3r_ros.srv import LoadScene, PlanRoute, SaveScene, SpatialQuery
     from vlm3r_ros.weights import CUT3R_SMALL, VLM3R_SMALL, VLM3R_SMALL_BLIND
     # The installed sources, not the checkout, with the generated interfaces beside them.
     assert Path(vlm3r_ros.__file__).resolve().is_relative_to(PREFIX.resolve())
@@ -68,7 +68,7 @@ def test_launch_config_and_weights_are_installed():
     for release in (VLM3R_SMALL, VLM3R_SMALL_BLIND):
         assert (release / 'base' / 'model.safetensors').is_file(), release
         assert (release / 'adapter' / 'non_lora_trainables.safetensors').is_file(), release
-    assert SceneStatus and SpatialQuery and PlanRoute and QueryAction
+    assert SceneStatus and SpatialQuery and PlanRoute and QueryAction and SaveScene and LoadScene
 
 
 def test_installed_cli_and_node_run():

@@ -161,6 +161,10 @@ SPECS: tuple[Spec, ...] = (
          read_only=True),
     Spec('unload_on_deactivate', True, 'Free model memory on deactivate (reload on activate).'),
     # Input hygiene (issue 12)
+    Spec('scene_path', '', 'Saved scene file (~/save_scene format): loaded at activate when it '
+         'exists (once the model is loaded), the default path of ~/save_scene and ~/load_scene, '
+         'and where scene_autosave writes (empty: none).'),
+    Spec('scene_autosave', False, 'Save the scene to scene_path at deactivate and shutdown.'),
     Spec('max_input_age_s', 0.0, 'Drop frames whose stamp is older than this by the node '
          'clock (s; 0: keep all); counted in SceneStatus.frames_too_old.', 0.0, 1e9),
     Spec('stamp_skew_warn_s', 5.0, 'Status/diagnostics warn when frame stamps are further '
@@ -259,6 +263,8 @@ class NodeConfig:
     stale_timeout_s: float
     autostart: bool
     unload_on_deactivate: bool
+    scene_path: str
+    scene_autosave: bool
     max_input_age_s: float
     stamp_skew_warn_s: float
     publish_odometry: bool
@@ -322,6 +328,7 @@ LIVE: frozenset[str] = frozenset({
     'route_max_keyframes', 'route_min_goal_probability', 'route_turn_threshold_deg',
     'camera_rate_hz', 'max_pose_position_m',
     'stale_timeout_s', 'unload_on_deactivate', 'max_input_age_s', 'stamp_skew_warn_s',
+    'scene_path', 'scene_autosave',
 })
 _BY_NAME = {spec.name: spec for spec in SPECS}
 # What protocol 'reference' fixes: the official VSI-Bench evaluation path (32 frames by

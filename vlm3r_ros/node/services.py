@@ -1,28 +1,33 @@
 """The node's services and action: validate, queue on the engine, wait, answer every call.
 
 :class:`RequestServer` offers ``~/spatial_query``, ``~/plan_route``,
-``~/plan_route_action`` and ``~/spatial_query_action`` (:mod:`.query_action`) while the
-node is active. Every call taken gets a response: the
+``~/plan_route_action``, ``~/spatial_query_action`` (:mod:`.query_action`) and the scene
+memory services ``~/save_scene``, ``~/load_scene`` and ``~/reset_scene`` while the node is
+active. Every call taken gets a response: the
 answer, an error code, or SHUTTING_DOWN when the node deactivates or stops while the call
 waits (see :mod:`vlm3r_ros.pipeline.call_gate`); the services are destroyed only after
 those responses went out.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_srvs.srv import Trigger
 
 from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.node.query_action import QueryActionServer
 from vlm3r_ros.node.ros_convert import finite_or_nan, ns_to_stamp, route_to_path, stamp_to_ns
 from vlm3r_ros.pipeline.call_gate import CallGate, Wait
-from vlm3r_ros.pipeline.errors import ErrorCode, RequestError, bound_message
+from vlm3r_ros.pipeline.errors import ErrorCode, RequestError, bound_message, echo
 from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
                                          validate_route)
-from vlm3r_ros.srv import PlanRoute, SpatialQuery
+from vlm3r_ros.pipeline.scene_memory import SceneNotReady
+from vlm3r_ros.pipeline.scene_store import SceneFileError
+from vlm3r_ros.srv import LoadScene, PlanRoute, SaveScene, SpatialQuery
 
 # Requests the middleware keeps for a service before its callbacks take them. The rclpy
 # default (depth 10) silently dropped the oldest requests when 16+ clients called at once
@@ -66,11 +71,14 @@ class RequestServer:
         self._node = node
         self.gate = CallGate()
         self._services = [
-            node.create_service(SpatialQuery, '~/spatial_query', self._guarded(self._on_query),
-                                qos_profile=SERVICE_QOS, callback_group=callback_group),
-            node.create_service(PlanRoute, '~/plan_route', self._guarded(self._on_plan),
-                                qos_profile=SERVICE_QOS, callback_group=callback_group),
-        ]
+            node.create_service(srv_type, name, self._guarded(handler), qos_profile=SERVICE_QOS,
+                                callback_group=callback_group)
+            for srv_type, name, handler in (
+                (SpatialQuery, '~/spatial_query', self._on_query),
+                (PlanRoute, '~/plan_route', self._on_plan),
+                (SaveScene, '~/save_scene', self._on_save_scene),
+                (LoadScene, '~/load_scene', self._on_load_scene),
+                (Trigger, '~/reset_scene', self._on_reset_scene))]
         for service in self._services:
             track_responses(service, self.gate.leave)
         self._action: ActionServer | None = ActionServer(
@@ -221,6 +229,79 @@ class RequestServer:
         response.elapsed_s = time.monotonic() - started
         return response
 
+    # ------------------------------------------------------------------ scene memory
+    def _scene_file(self, requested: str) -> str:
+        """Return the scene file of a request (its path or scene_path), user dir expanded.
+
+        Raises RequestError(INVALID_REQUEST) without a path, or for a path that does not
+        end in '.safetensors' (a caller on the graph must not make the node overwrite an
+        arbitrary file of its user).
+        """
+        config = self._node.config
+        path = requested or (config.scene_path if config is not None else '')
+        if not path:
+            raise RequestError(ErrorCode.INVALID_REQUEST,
+                               'no path given and the scene_path parameter is empty')
+        if not path.endswith('.safetensors'):
+            raise RequestError(ErrorCode.INVALID_REQUEST,
+                               f'scene files end in .safetensors; got {echo(path)}')
+        return os.path.expanduser(path)
+
+    def _on_save_scene(self, request: SaveScene.Request,
+                       response: SaveScene.Response) -> SaveScene.Response:
+        started = time.monotonic()
+        engine = self._node.engine
+        try:
+            if engine is None:
+                raise RequestError(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
+            summary = engine.save_scene(self._scene_file(request.path))
+        except RequestError as exc:
+            return _fail(response, exc.code, exc.message, started)
+        except SceneFileError as exc:
+            return _fail(response, ErrorCode.INVALID_REQUEST, str(exc), started)
+        response.success, response.error_code = True, int(ErrorCode.OK)
+        response.message = bound_message(summary.message)
+        response.path, response.frames = summary.path, summary.frames
+        response.size_bytes = summary.nbytes
+        response.elapsed_s = time.monotonic() - started
+        return response
+
+    def _on_load_scene(self, request: LoadScene.Request,
+                       response: LoadScene.Response) -> LoadScene.Response:
+        started = time.monotonic()
+        engine = self._node.engine
+        try:
+            if engine is None:
+                raise RequestError(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
+            path = self._scene_file(request.path)
+            response.path = path
+            summary = engine.load_scene(path)
+        except RequestError as exc:
+            return _fail(response, exc.code, exc.message, started)
+        except SceneNotReady as exc:
+            return _fail(response, ErrorCode.MODEL_NOT_READY, str(exc), started)
+        except SceneFileError as exc:
+            return _fail(response, ErrorCode.INVALID_REQUEST, str(exc), started)
+        response.success, response.error_code = True, int(ErrorCode.OK)
+        response.message = bound_message(summary.message)
+        response.frames, response.reused = summary.frames, summary.reused
+        response.elapsed_s = time.monotonic() - started
+        self._node.get_logger().info(f'scene {path}: {summary.message}')
+        return response
+
+    def _on_reset_scene(self, request: Trigger.Request,
+                        response: Trigger.Response) -> Trigger.Response:
+        engine = self._node.engine
+        if engine is None:
+            response.success, response.message = False, 'the node is not configured'
+            return response
+        dropped = engine.reset_scene()
+        response.success = True
+        response.message = (f'scene reset: {dropped} frames, keyframes, reconstruction and '
+                            'trajectory dropped; the next frame starts a new world')
+        self._node.get_logger().info(response.message)
+        return response
+
     # ------------------------------------------------------------------ action
     def _execute_route(self, goal_handle: Any) -> PlanRouteAction.Result:
         started = time.monotonic()
@@ -281,9 +362,12 @@ class RequestServer:
 
 
 def _fail(response: Any, code: ErrorCode, message: str, started: float) -> Any:
-    """Fill a SpatialQuery or PlanRoute response with an error and return it."""
+    """Fill a response with an error and return it (fields it lacks, as a Trigger's
+    error_code, are skipped)."""
     response.success = False
-    response.error_code = int(code)
     response.message = bound_message(message)
-    response.elapsed_s = time.monotonic() - started
+    if hasattr(response, 'error_code'):
+        response.error_code = int(code)
+    if hasattr(response, 'elapsed_s'):
+        response.elapsed_s = time.monotonic() - started
     return response

@@ -17,6 +17,7 @@ in :mod:`vlm3r_ros.node.services`.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import time
@@ -100,6 +101,7 @@ class Vlm3rNode(LifecycleNode):
         self._rate_mark = (time.monotonic(), 0, 0)
         self._rates = (0.0, 0.0)
         self._inputs = InputMonitor()  # input checks' counters, loss estimate, log limits
+        self._scene_saved = True  # nothing to autosave before the first activation
 
     # ------------------------------------------------------------------ lifecycle
     def autostart(self) -> None:
@@ -182,6 +184,8 @@ class Vlm3rNode(LifecycleNode):
             self._subs.append(self.create_subscription(
                 pose_type, cfg.pose_topic, self._on_pose, 50, callback_group=self._ingest_group))
         self._requests = RequestServer(self, self._service_group)
+        self._scene_saved = False
+        self._load_scene_at_activate(cfg.scene_path)
         self.get_logger().info(f'active: listening on {self._input_desc()}')
         return super().on_activate(state)
 
@@ -190,6 +194,7 @@ class Vlm3rNode(LifecycleNode):
         self._teardown_io()
         if self.engine is not None:
             self.engine.stop()
+            self._autosave_scene()  # before the unload drops the cached tokens
             if self.config is not None and self.config.unload_on_deactivate:
                 self.engine.unload_models()
         return super().on_deactivate(state)
@@ -234,6 +239,7 @@ class Vlm3rNode(LifecycleNode):
             self._nav = None
         if self.engine is not None:
             self.engine.stop()
+            self._autosave_scene()
             self.engine.unload_models()
             self.engine = None
         if self._timer is not None:
@@ -246,6 +252,38 @@ class Vlm3rNode(LifecycleNode):
                 self.destroy_publisher(pub)
         self._status_pub = self._diag_pub = self._path_pub = self._marker_pub = None
         self._trajectory_pub = None
+
+    # ------------------------------------------------------------------ scene memory
+    def _load_scene_at_activate(self, path: str) -> None:
+        """Load ``scene_path`` in the background once the model is loaded (when it exists)."""
+        if not path or self.engine is None:
+            return
+        path = os.path.expanduser(path)
+        if not os.path.exists(path):
+            self.get_logger().info(f'scene_path {path} does not exist yet; starting empty')
+            return
+
+        def done(summary: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self.get_logger().error(f'scene_path {path} not loaded: {error}')
+            else:
+                self.get_logger().info(f'scene_path {path}: {summary.message}')
+
+        self.engine.load_scene_when_ready(path, done=done)
+
+    def _autosave_scene(self) -> None:
+        """Save the scene to ``scene_path`` with ``scene_autosave`` (once per activation)."""
+        cfg, engine = self.config, self.engine
+        if (cfg is None or engine is None or not cfg.scene_autosave or not cfg.scene_path
+                or self._scene_saved):
+            return
+        self._scene_saved = True  # a shutdown after a deactivate must not save the unloaded scene
+        path = os.path.expanduser(cfg.scene_path)
+        try:
+            summary = engine.save_scene(path)
+            self.get_logger().info(f'scene saved to {path}: {summary.message}')
+        except Exception as exc:  # noqa: BLE001 - a failed save never blocks the transition
+            self.get_logger().error(f'scene autosave to {path} failed: {exc}')
 
     def _log_protocol(self) -> None:
         """Log what protocol 'reference' fixes, naming parameters set otherwise."""
