@@ -11,7 +11,9 @@ model in the background; activate creates subscriptions, services and the action
 and (re)loads the model; deactivate answers every call in flight or queued (SHUTTING_DOWN),
 then destroys them and frees model memory; cleanup drops the engine and its buffer;
 shutdown does all of that and ends the process (:mod:`vlm3r_ros.node.process`). With
-``autostart`` the node configures and activates itself. The services and the action live
+``autostart`` the node configures and activates itself. Scene memory: activate loads
+``scene_path`` once the model is loaded; with ``scene_autosave`` deactivate and shutdown
+save the scene there before the model is unloaded. The services and the action live
 in :mod:`vlm3r_ros.node.services`.
 """
 from __future__ import annotations
