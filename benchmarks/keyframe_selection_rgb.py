@@ -7,7 +7,8 @@ RGB only, state carried), then scores several ways of choosing ``budget`` keyfra
 its pointmaps, all against TRUE geometry as ``vlm3r-eval-geometry`` does: covered true voxels
 of the choice / covered true voxels of the greedy choice made on true depth + poses.
 Variants: the node's greedy max coverage at several voxel sizes, with low-confidence
-points dropped (per-frame confidence quantile), and uniform sampling for reference.
+points dropped (per-frame confidence quantile); for reference uniform sampling and the
+greedy choice on true geometry at the coarser voxel sizes.
 Selection settings are chosen on the val split; the test split is only for reporting.
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ from vlm3r_ros.train.eval_geometry import (VOXEL_M, covered, load_sequences, sel
                                            true_geometry)
 from vlm3r_ros.weights import CUT3R_SMALL
 
-VOXELS = (0.1, 0.2, 0.3, 0.5)
-CONF_QUANTILES = (0.0, 0.25, 0.5)
+VOXELS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+CONF_QUANTILES = (0.0, 0.25)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         n = len(seq.images)
         uniform = list(np.linspace(0, n - 1, args.budget).round().astype(int))
         scores.setdefault('uniform', []).append(covered(truth, uniform) / ref)
+        for voxel in VOXELS[1:]:  # the same coarser voxels on TRUE geometry, for reference
+            keys = [voxel_keys(w, voxel) for w in true_world]
+            scores.setdefault(f'true depth + poses, voxel {voxel:g} m', []).append(
+                covered(truth, select_keyframes(keys, args.budget)) / ref)
         for q in CONF_QUANTILES:
             kept = [pt[c >= np.quantile(c, q)] if q > 0 else pt for pt, c in zip(pts, conf)]
             for voxel in VOXELS:

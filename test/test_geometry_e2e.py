@@ -3,8 +3,9 @@ trajectory of the real node (rclpy + Fast DDS). Fails when geometry quality regr
 
 The sequence comes from the test seed range (never trained on). Measured when the weights
 were committed (MODEL_CARD.md): the node's 8 keyframes cover 0.93 of what true-depth
-keyframes cover (the untrained architecture: 0.69), its trajectory lies 0.4-0.8 m from the
-true path. The bounds sit between the two, below the measured values so they are not
+keyframes cover with 0.1 m selection voxels, 0.87 with the node's 0.5 m RGB-only default
+(chosen on the val split, better on average, not on this one sequence; the untrained
+architecture: 0.69); its trajectory lies 0.4-0.8 m from the true path. The bounds sit between the two, below the measured values so they are not
 flaky. Depth and pose quality of the same weights are bounded directly, without ROS, in
 test_train_geometry.py.
 """
@@ -69,6 +70,7 @@ def test_rgb_only_keyframes_and_trajectory_come_from_trained_geometry(held_out):
     _, world = true_geometry(seq, (160, 160))
     true_keys = [voxel_keys(p, 0.1) for p in world]
     ratio = covered(true_keys, chosen) / covered(true_keys, select_keyframes(true_keys, BUDGET))
+    print(f'keyframe coverage vs true-depth keyframes: {ratio:.3f} ({len(chosen)} keyframes)')
     assert len(chosen) >= 4, chosen
     assert ratio >= 0.8, ratio
 

@@ -70,7 +70,11 @@ SPECS: tuple[Spec, ...] = (
          'resets the buffer.', 0.0, 3600.0),
     Spec('keyframe_budget', 32, 'Default keyframes per question.', 1, 64),
     Spec('coverage_ratio', 0.95, 'Stop adding keyframes at this voxel coverage.', 0.01, 1.0),
-    Spec('voxel_size_m', 0.1, 'Voxel size for coverage (m).', 0.01, 2.0),
+    Spec('voxel_size_m', 0.1, 'Voxel size of the reconstruction (~/cloud, ~/free_space) and, '
+         'with points_source depth, of keyframe coverage (m).', 0.01, 2.0),
+    Spec('keyframe_voxel_size_m', 0.0, 'Voxel size of keyframe coverage (m); 0: auto, 0.5 on '
+         "the encoder's pointmaps (chosen on held-out scenes: coarse voxels tolerate "
+         'monocular depth and pose errors), voxel_size_m with points_source depth.', 0.0, 5.0),
     Spec('keyframe_selection', 'coverage', 'coverage: greedy max 3D coverage; uniform: '
          'evenly spaced frames with geometry; linspace: the official evaluators\' sampling, '
          'linspace(0, N-1, budget) cast to int over every buffered frame in the window '
@@ -227,6 +231,7 @@ class NodeConfig:
     keyframe_budget: int
     coverage_ratio: float
     voxel_size_m: float
+    keyframe_voxel_size_m: float
     keyframe_selection: str
     points_source: str
     min_confidence: float
@@ -301,6 +306,7 @@ class NodeConfig:
             max_bytes=int(self.buffer_max_mb * (1 << 20)),
             reset_threshold_s=self.stamp_reset_threshold_s, store_max_side=self.store_max_side,
             geometry_rate_hz=self.geometry_rate_hz, voxel_size_m=self.voxel_size_m,
+            keyframe_voxel_size_m=self.keyframe_voxel_size_m,
             min_confidence=self.min_confidence, points_source=self.points_source,
             keyframe_budget=self.keyframe_budget, coverage_ratio=self.coverage_ratio,
             selection=self.keyframe_selection, cache_mode=self.cache_mode,

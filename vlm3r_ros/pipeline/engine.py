@@ -43,6 +43,11 @@ from vlm3r_ros.planning.trajectory_graph import (EDGE_TRAVERSED, GroundPlane, Tr
                                                   Unreachable)
 
 LOG = logging.getLogger(__name__)
+# Keyframe-coverage voxels on predicted (RGB-only) pointmaps. Chosen on the val split
+# (benchmarks/keyframe_selection_rgb.py, BENCHMARKS.md): coarse voxels tolerate the small
+# CUT3R's depth and pose errors; 0.5 m covered 0.855 of the true-depth keyframes' voxels
+# there against 0.820 at 0.1 m.
+RGB_KEYFRAME_VOXEL_M = 0.5
 
 
 class ModelState(IntEnum):
@@ -117,6 +122,9 @@ class EngineConfig:
     store_max_side: int = 640
     geometry_rate_hz: float = 5.0
     voxel_size_m: float = 0.1
+    # Voxels for keyframe coverage; 0 = auto: RGB_KEYFRAME_VOXEL_M on the encoder's
+    # pointmaps (points_source 'geometry'), voxel_size_m on depth back-projections.
+    keyframe_voxel_size_m: float = 0.0
     min_confidence: float = 0.0
     points_source: str = 'geometry'  # 'geometry' (CUT3R pointmap) or 'depth'
     keyframe_budget: int = 32
@@ -140,6 +148,13 @@ class EngineConfig:
     pose_tolerance_s: float = 0.1
     up_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
     reconstruction: bool = False  # keep coloured voxels per frame (cloud, free space)
+
+
+    def coverage_voxel_m(self) -> float:
+        """Return the voxel size of keyframe coverage (resolving 0 = auto)."""
+        if self.keyframe_voxel_size_m > 0:
+            return self.keyframe_voxel_size_m
+        return RGB_KEYFRAME_VOXEL_M if self.points_source == 'geometry' else self.voxel_size_m
 
 
 @dataclass
@@ -472,7 +487,7 @@ class SpatialEngine(SceneMemory):
         conf = None
         if points is geom.pts_world and self.config.min_confidence > 0:
             conf = np.asarray(geom.conf).reshape(-1)
-        keys = voxel_keys(np.asarray(points).reshape(-1, 3), self.config.voxel_size_m,
+        keys = voxel_keys(np.asarray(points).reshape(-1, 3), self.config.coverage_voxel_m(),
                           conf=conf, min_conf=self.config.min_confidence or None)
         tokens = None
         if self.config.cache_mode == 'streaming':

@@ -95,7 +95,9 @@ class SceneMemory:
                             f'{nbytes / 1e6:.1f} MB')
 
     def _scene_settings(self: 'SpatialEngine', graph_settings: dict[str, Any]) -> dict[str, Any]:
-        return {'voxel_size_m': self.config.voxel_size_m, 'cache_mode': self.config.cache_mode,
+        return {'voxel_size_m': self.config.voxel_size_m,
+                'keyframe_voxel_m': self.config.coverage_voxel_m(),
+                'cache_mode': self.config.cache_mode,
                 'reconstruction': self.config.reconstruction,
                 'points_source': self.config.points_source, 'graph': graph_settings}
 
@@ -165,7 +167,7 @@ class SceneMemory:
                              if scene.model.get(k) != bundle.identity.get(k))
             return False, f'saved with another model ({", ".join(changed) or "unknown"} differ)'
         live = self._scene_settings({})
-        for key in ('voxel_size_m', 'cache_mode', 'points_source'):
+        for key in ('voxel_size_m', 'keyframe_voxel_m', 'cache_mode', 'points_source'):
             if scene.settings.get(key) != live[key]:
                 return False, f'{key} differs ({scene.settings.get(key)!r} vs {live[key]!r})'
         if live['reconstruction'] and not scene.settings.get('reconstruction'):

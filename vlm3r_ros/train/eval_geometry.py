@@ -12,8 +12,9 @@ same :class:`~vlm3r_ros.models.cut3r.stream.Cut3rStream` the node runs (RGB only
   alignment; the world frame of CUT3R is the first camera), and RPE between consecutive
   frames (translation m, rotation deg);
 * keyframes: greedy max-coverage keyframes chosen from the predicted pointmaps
-  (``CoverageIndex``, as the node) versus chosen from true depth + poses, both measured
-  against TRUE geometry: covered true voxels of the predicted choice / of the true choice;
+  (``CoverageIndex`` over the node's RGB-only keyframe voxels, ``RGB_KEYFRAME_VOXEL_M``)
+  versus chosen from true depth + poses (0.1 m voxels), both measured against TRUE
+  geometry in 0.1 m voxels: covered true voxels of the predicted choice / of the true one;
 * routes: a ``TrajectoryGraph`` built from predicted poses (up = the first camera's up,
   as the node's 'auto'), and one from true poses; plan from the last frame to earlier
   frames; success = the path ends within 1 m (floor plane) of the goal frame's true
@@ -43,6 +44,7 @@ from vlm3r_ros.models.cut3r.model import Cut3rModel
 from vlm3r_ros.models.cut3r.preprocess import output_size
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.pipeline.coverage import CoverageIndex
+from vlm3r_ros.pipeline.engine import RGB_KEYFRAME_VOXEL_M
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
 from vlm3r_ros.train.dataset import decode_depth, decode_rgb, iter_scene_frames, load_split
@@ -229,7 +231,7 @@ def evaluate_method(name: str, predict: Callable[[Sequence3D], Prediction],
     rows = []
     for seq, truth in zip(seqs, truths):
         pred = predict(seq)
-        pred_keys = [voxel_keys(p.reshape(-1, 3), VOXEL_M) for p in pred.pts_world]
+        pred_keys = [voxel_keys(p.reshape(-1, 3), RGB_KEYFRAME_VOXEL_M) for p in pred.pts_world]
         mine = covered(truth.keys, select_keyframes(pred_keys, budget))
         routes = route_successes(pred.poses, seq.poses[0], seq.poses, (0.0, -1.0, 0.0),
                                  truth.goals)
