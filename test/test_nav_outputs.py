@@ -150,10 +150,12 @@ def test_replayed_bag_gives_odometry_cloud_and_grid_in_map_frame(bag):
 
 def test_route_path_follows_nav2_conventions(bag):
     # The seeded random LMM localises 'the door' at a keyframe away from the start in this
-    # bag (the shipped model picks the start itself: a one-pose path); this test is about
-    # the path's conventions, not about localisation.
+    # bag among the keyframes of 0.1 m coverage voxels (the shipped model, or the 0.5 m
+    # RGB-only default's keyframes, give the start itself: a one-pose path); this test is
+    # about the path's conventions, not about localisation.
     with running_node(pose_topic='camera/pose', pose_topic_type='pose_stamped',
                       publish_free_space=True, cloud_period_s=0.2, use_sim_time=True,
+                      keyframe_voxel_size_m=0.1,
                       **dict(TINY, tiny_weights_path='random')) as (node, ns), \
             client_node() as client:
         routes = Collector(client, Path, f'{ns}/vlm3r_node/route', LATCHED)

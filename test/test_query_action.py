@@ -9,7 +9,7 @@ import pytest
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
 
-from ros_support import Collector, call, client_node, publish_frames, running_node
+from ros_support import Collector, call, client_node, publish_frames, running_node, wait_for
 from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.query_action import FEEDBACK_QOS
@@ -75,6 +75,9 @@ def test_streamed_feedback_concatenates_to_the_answer_and_matches_the_service():
         result = wrapped.result
         assert wrapped.status == GoalStatus.STATUS_SUCCEEDED
         assert result.success and result.error_code == ErrorCode.OK, result.message
+        # Feedback (a topic) and the result (a service) are separate DDS channels: the last
+        # feedback message may land just after the result, so give it a moment.
+        wait_for(lambda: goal.text() == result.answer, 5.0)
         assert goal.text() == result.answer and result.answer
         stages = [f.stage for _t, f in goal.feedback]
         firsts = [s for i, s in enumerate(stages) if s not in stages[:i]]
@@ -91,6 +94,7 @@ def test_streamed_feedback_concatenates_to_the_answer_and_matches_the_service():
         options = ['the sofa', 'the tv']
         opt = Goal(action, SpatialQueryAction.Goal(question='Which is closer?', options=options))
         opt_result = opt.result().result
+        wait_for(lambda: opt.text() == opt_result.answer, 5.0)
         assert opt_result.success and opt.text() == opt_result.answer
         assert opt_result.option_index in (0, 1)
         # vlm3r-ask --stream prints the same answer (from another process).

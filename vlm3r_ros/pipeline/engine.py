@@ -21,163 +21,28 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
-from enum import IntEnum
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
-from vlm3r_ros.pipeline.answers import (build_prompt, option_letter, parse_answer_with,
-                                         resolve_answer_type, strip_option_label)
-from vlm3r_ros.pipeline.coverage import (CoverageIndex, Selection, reference_sample,
-                                          uniform_select)
+from vlm3r_ros.pipeline.coverage import CoverageIndex, Selection
+# The engine's types, re-exported: callers import them from here.
+from vlm3r_ros.pipeline.engine_types import (  # noqa: F401
+    RGB_KEYFRAME_VOXEL_M, EngineConfig, EngineStatus, GeometryStream, ModelBundle, ModelState,
+    SpatialModel)
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
 from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord
 from vlm3r_ros.pipeline.poses import PoseHistory
+from vlm3r_ros.pipeline.query_answering import QueryAnswering
 from vlm3r_ros.pipeline.reconstruction import (GeometryEvent, VoxelCloud, colored_voxels,
                                                 mean_confidence)
 from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
+from vlm3r_ros.pipeline.route_planning import RoutePlanning
 from vlm3r_ros.pipeline.scene_memory import SceneMemory
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
-from vlm3r_ros.planning.route_steps import parse_route_steps, steps_agree, steps_from_path
-from vlm3r_ros.planning.trajectory_graph import (EDGE_TRAVERSED, GroundPlane, TrajectoryGraph,
-                                                  Unreachable)
+from vlm3r_ros.planning.trajectory_graph import EDGE_TRAVERSED, GroundPlane, TrajectoryGraph
 
 LOG = logging.getLogger(__name__)
-# Keyframe-coverage voxels on predicted (RGB-only) pointmaps. Chosen on the val split
-# (benchmarks/keyframe_selection_rgb.py, BENCHMARKS.md): coarse voxels tolerate the small
-# CUT3R's depth and pose errors; 0.5 m covered 0.855 of the true-depth keyframes' voxels
-# there against 0.820 at 0.1 m.
-RGB_KEYFRAME_VOXEL_M = 0.5
-
-
-class ModelState(IntEnum):
-    """Model lifecycle; values equal the SceneStatus MODEL_* constants."""
-
-    NOT_CONFIGURED = 0
-    LOADING = 1
-    READY = 2
-    ERROR = 3
-    UNLOADED = 4
-
-
-class GeometryStream(Protocol):
-    """A streaming geometry encoder (CUT3R): state persists across ``step`` calls."""
-
-    def reset(self, mode: str = 'new_sequence') -> None:
-        """Reset the stream: 'new_sequence' forgets everything (the next frame takes the
-        learnt pose token and becomes the world origin); 'reference' re-initialises only
-        the state and memory, as the official ``reset`` mask."""
-
-    def step(self, image: np.ndarray) -> Any:
-        """Return a FrameGeometry (pts_world, conf, pose, tokens) for one RGB frame."""
-
-
-class SpatialModel(Protocol):
-    """The fused LMM as the engine uses it."""
-
-    def encode_frame(self, image: np.ndarray, geometry_tokens: Any,
-                     world_points: Any) -> Any:
-        """Return one frame's visual tokens (fused, projected, pooled)."""
-
-    def answer(self, prompt: str, frame_tokens: Sequence[Any], max_new_tokens: int = 16,
-               prefix_key: Any = None,
-               on_token: Callable[[str], bool | None] | None = None) -> str:
-        """Return the greedy answer text for ``prompt`` over the frames' tokens.
-
-        ``on_token`` (optional) gets the text of each decoded token; returning False
-        stops decoding (the text so far is returned).
-        """
-
-    def choose(self, prompt: str, frame_tokens: Sequence[Any], n_options: int,
-               prefix_key: Any = None) -> tuple[int, list[float]]:
-        """Return (index, probabilities) of the most likely option letter."""
-
-    def estimate_number(self, prompt: str, frame_tokens: Sequence[Any], mode: str = 'median',
-                        prefix_key: Any = None) -> float:
-        """Return the 'median' or 'expected' value of the model's distribution over
-        numbers; raises ValueError when it forms none."""
-
-
-@dataclass
-class ModelBundle:
-    """What a model loader returns: a factory of geometry streams and the LMM."""
-
-    profile: str
-    new_geometry_stream: Callable[[], GeometryStream]
-    spatial: SpatialModel
-    close: Callable[[], None] = lambda: None
-    # Which weights computed the geometry and tokens (vlm3r_ros.models.identity); a saved
-    # scene's cached results are reused only under an equal, non-empty identity.
-    identity: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class EngineConfig:
-    """Plain settings of the engine (the node fills them from ROS parameters)."""
-
-    max_frames: int = 256
-    max_span_s: float = 120.0
-    max_bytes: int = 1 << 30
-    reset_threshold_s: float = 1.0
-    store_max_side: int = 640
-    geometry_rate_hz: float = 5.0
-    voxel_size_m: float = 0.1
-    # Voxels for keyframe coverage; 0 = auto: RGB_KEYFRAME_VOXEL_M on the encoder's
-    # pointmaps (points_source 'geometry'), voxel_size_m on depth back-projections.
-    keyframe_voxel_size_m: float = 0.0
-    min_confidence: float = 0.0
-    points_source: str = 'geometry'  # 'geometry' (CUT3R pointmap) or 'depth'
-    keyframe_budget: int = 32
-    coverage_ratio: float = 0.95
-    # 'coverage', 'uniform' (evenly spaced frames with geometry) or 'linspace' (the official
-    # evaluators' linspace(0, N - 1, budget) over every buffered frame, repeats included).
-    selection: str = 'coverage'
-    cache_mode: str = 'streaming'  # 'streaming' or 'per_query'
-    max_new_tokens: int = 16
-    option_decoding: str = 'constrained'  # 'constrained' (likeliest letter) or 'generate'
-    # Numeric answers: 'greedy' text, or the 'median' / 'expected' value of the model's
-    # distribution over number strings (a beam over digit tokens; better under MRA).
-    numeric_decoding: str = 'greedy'
-    answer_parser: str = 'lenient'  # 'lenient' (operator-facing) or 'official' (benchmarks)
-    request_queue_size: int = 4
-    route_node_spacing_m: float = 0.25
-    route_link_radius_m: float = 0.6
-    route_turn_threshold_deg: float = 45.0
-    route_max_keyframes: int = 16
-    route_min_goal_probability: float = 0.0
-    pose_tolerance_s: float = 0.1
-    up_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    reconstruction: bool = False  # keep coloured voxels per frame (cloud, free space)
-
-
-    def coverage_voxel_m(self) -> float:
-        """Return the voxel size of keyframe coverage (resolving 0 = auto)."""
-        if self.keyframe_voxel_size_m > 0:
-            return self.keyframe_voxel_size_m
-        return RGB_KEYFRAME_VOXEL_M if self.points_source == 'geometry' else self.voxel_size_m
-
-
-@dataclass
-class EngineStatus:
-    """A consistent snapshot for SceneStatus and diagnostics."""
-
-    model_state: ModelState
-    model_profile: str
-    model_error: str
-    frames_received: int
-    frames_dropped: int
-    frames_evicted: int
-    buffer_length: int
-    buffer_span_s: float
-    buffer_bytes: int
-    buffer_resets: int
-    geometry_frames: int
-    keyframe_count: int
-    keyframe_coverage: float
-    voxels_observed: int
-    queued_requests: int
-    requests_answered: int
-    last_error: str
 
 
 class RequestFuture(Future):
@@ -202,10 +67,12 @@ class _Job:
 _WAKE = _Job('wake', None, RequestFuture())
 
 
-class SpatialEngine(SceneMemory):
+class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
     """Frames in, answers and routes out; see the module docstring for the threads.
 
-    Scene memory (save, load, reset) is :class:`~vlm3r_ros.pipeline.scene_memory.SceneMemory`.
+    Its parts: answering (:mod:`.query_answering`), route planning (:mod:`.route_planning`)
+    and scene memory (save, load, reset: :mod:`.scene_memory`); the plain types are in
+    :mod:`.engine_types`.
     """
 
     def __init__(self, config: EngineConfig,
@@ -607,7 +474,6 @@ class SpatialEngine(SceneMemory):
                 continue
             if not job.future.set_running_or_notify_cancel():
                 continue  # the caller gave up (timeout) before we started
-            started = time.monotonic()
             try:
                 refusal = self._readiness_error()
                 if refusal is not None:
@@ -641,228 +507,6 @@ class SpatialEngine(SceneMemory):
         LOG.error(message)
         with self._lock:
             self._last_error = message
-
-    # ------------------------------------------------------------------ keyframes
-    def select_keyframes(self, budget: int = 0, window_ns: tuple[int, int] | None = None
-                         ) -> Selection:
-        """Return the keyframes for a question: max coverage (uniform, or the reference's
-        linspace) over the window."""
-        budget = budget or self.config.keyframe_budget
-        if self.config.selection == 'uniform':
-            return self._uniform_selection(budget, window_ns)
-        if self.config.selection == 'linspace':
-            return self._linspace_selection(budget, window_ns)
-        return self.coverage.select(budget=budget, ratio=self.config.coverage_ratio,
-                                    window_ns=window_ns)
-
-    def _uniform_selection(self, budget: int, window_ns: tuple[int, int] | None) -> Selection:
-        records = [r for r in self._records_in(window_ns) if r.voxels is not None]
-        chosen = set(uniform_select([r.frame_id for r in records], budget))
-        picked = [r for r in records if r.frame_id in chosen]
-        return Selection(frame_ids=[r.frame_id for r in picked],
-                         stamps_ns=[r.stamp_ns for r in picked], covered=0, total=0,
-                         ratio=0.0, gains=[])
-
-    def _linspace_selection(self, budget: int, window_ns: tuple[int, int] | None) -> Selection:
-        """The official evaluators' frames: ``linspace(0, N - 1, budget)`` cast to int over
-        every buffered frame in the window, with or without geometry; with fewer than
-        ``budget`` frames some repeat (the reference decodes them twice)."""
-        records = self._records_in(window_ns)
-        ids = reference_sample([r.frame_id for r in records], budget)
-        stamp = {r.frame_id: r.stamp_ns for r in records}
-        return Selection(frame_ids=ids, stamps_ns=[stamp[i] for i in ids], covered=0, total=0,
-                         ratio=0.0, gains=[])
-
-    def _records_in(self, window_ns: tuple[int, int] | None) -> list[FrameRecord]:
-        if window_ns is None:
-            return self.buffer.snapshot()
-        return self.buffer.snapshot(window_ns[0] or None, window_ns[1] or None)
-
-    def _keyframe_inputs(self, frame_ids: Sequence[int]
-                         ) -> tuple[list[FrameRecord], list[Any], Any]:
-        """Return the records still buffered, their visual tokens and the prefix-cache key.
-
-        Streaming mode uses the tokens cached at ingest (key: the keyframe ids, so a
-        repeated keyframe set reuses the LLM's visual prefix); otherwise, or when a frame
-        has none cached, the tokens are computed now with a fresh geometry state over the
-        keyframes (the reference's per-question way; key None).
-        """
-        records = [r for r in (self.buffer.get(i) for i in frame_ids) if r is not None]
-        bundle = self._bundle
-        if bundle is None:
-            raise RequestError(ErrorCode.MODEL_NOT_READY, 'the model was unloaded')
-        if self.config.cache_mode == 'streaming' and all(r.tokens is not None for r in records):
-            return records, [r.tokens for r in records], tuple(r.frame_id for r in records)
-        # per_query (the reference's way): fresh geometry state over the keyframes only.
-        cache_key = (id(bundle), self.config.points_source, tuple(r.frame_id for r in records))
-        cached = self._per_query_tokens
-        if cached is not None and cached[0] == cache_key:
-            return records, list(cached[1]), None
-        stream = bundle.new_geometry_stream()
-        tokens = []
-        for record in records:
-            geom = stream.step(record.image)
-            points = self._world_points(record, geom, np.asarray(geom.pose))
-            tokens.append(bundle.spatial.encode_frame(record.image, geom.tokens, points))
-        self._per_query_tokens = (cache_key, tokens)
-        return records, tokens, None
-
-    def _window(self, window_ns: tuple[int, int] | None) -> tuple[int, int] | None:
-        if window_ns is None:
-            return None
-        start, end = window_ns
-        return (start, end if end else np.iinfo(np.int64).max)
-
-    def _answer(self, request: QueryRequest, job: _Job | None = None) -> QueryResult:
-        canceled = job.future.cancel_requested if job is not None else threading.Event()
-
-        def stage(name: str, fraction: float) -> None:
-            if canceled.is_set():
-                raise RequestError(ErrorCode.CANCELED, f'canceled before {name}')
-            if job is not None and job.feedback is not None:
-                job.feedback(name, fraction)
-
-        stage('selecting_keyframes', 0.1)
-        window = self._window(request.window_ns)
-        selection = self.select_keyframes(request.keyframe_budget, window)
-        if not selection.frame_ids:
-            where = 'in the requested time window' if window else 'yet'
-            raise RequestError(ErrorCode.NO_FRAMES,
-                               f'no buffered frame has geometry {where} '
-                               f'({len(self.buffer)} frames buffered)')
-        records, tokens, key = self._keyframe_inputs(selection.frame_ids)
-        if not records:
-            raise RequestError(ErrorCode.NO_FRAMES, 'the selected keyframes were evicted')
-        bundle = self._bundle
-        assert bundle is not None
-        prompt = build_prompt(request.question, request.options, request.answer_type)
-        stage('prefill', 0.3)
-        on_token = job.on_token if job is not None else None
-        pieces: list[str] = []
-        after_cancel = 0  # tokens decoded with the cancel flag up (at most the running one)
-        text: str | None = None  # an answer decided in one piece, else greedy decoding
-        if request.options and self.config.option_decoding == 'constrained':
-            # The model's likeliest option letter: always a valid option (an operator gets
-            # an answer, not free text that names none); 'generate' is VSI-Bench's protocol.
-            index, _ = bundle.spatial.choose(prompt, tokens, len(request.options),
-                                             prefix_key=key)
-            text = f'{option_letter(index)}. {strip_option_label(request.options[index])}'
-        elif (self.config.numeric_decoding != 'greedy'
-              and resolve_answer_type(request.answer_type, request.options) == 'number'):
-            text = self._estimate_number(bundle, prompt, tokens, key)  # None: greedy
-        if text is not None:
-            stage('decoding', 0.9)
-            if on_token is not None:
-                on_token(text)
-        else:
-            def token(piece: str) -> bool:
-                nonlocal after_cancel
-                after_cancel += canceled.is_set()
-                if not pieces and job is not None and job.feedback is not None:
-                    job.feedback('decoding', 0.5)
-                pieces.append(piece)
-                if on_token is not None:
-                    on_token(piece)
-                return not canceled.is_set()  # False: stop after this token step
-
-            text = bundle.spatial.answer(prompt, tokens, self.config.max_new_tokens,
-                                         prefix_key=key, on_token=token)
-        parsed = parse_answer_with(self.config.answer_parser, text, request.options)
-        stamps = [r.stamp_ns for r in records]
-        if canceled.is_set():
-            return QueryResult(ErrorCode.CANCELED,
-                               f'canceled by the client after {len(pieces)} answer tokens '
-                               f'({after_cancel} decoded after the cancel request)',
-                               parsed.text, parsed.value, parsed.option_index, stamps,
-                               selection.ratio)
-        return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
-                           stamps, selection.ratio)
-
-    def _estimate_number(self, bundle: ModelBundle, prompt: str,
-                         tokens: Sequence[Any], key: Any) -> str | None:
-        """Return the numeric answer text by ``numeric_decoding`` ('median'/'expected'), or
-        None when the model forms no number that way (the caller then decodes greedily)."""
-        try:
-            value = bundle.spatial.estimate_number(prompt, tokens, self.config.numeric_decoding,
-                                                   prefix_key=key)
-        except ValueError:
-            return None
-        return f'{value:.4g}' if np.isfinite(value) else None
-
-    # ------------------------------------------------------------------ routes
-    def _route(self, request: RouteRequest,
-               feedback: Callable[[str, float], None] | None) -> RouteResult:
-        def progress(stage: str, fraction: float) -> None:
-            if feedback is not None:
-                feedback(stage, fraction)
-
-        progress('selecting_keyframes', 0.1)
-        budget = min(self.config.route_max_keyframes, 26)
-        selection = self.select_keyframes(budget)
-        records = [r for r in (self.buffer.get(i) for i in selection.frame_ids)
-                   if r is not None and r.pose is not None]
-        if not records:
-            raise RequestError(ErrorCode.NO_FRAMES, 'no keyframe with a pose yet')
-        records, tokens, key = self._keyframe_inputs([r.frame_id for r in records])
-        progress('localising_goal', 0.3)
-        goal_rec = self._localise(request.goal, records, tokens, key)
-        start_rec = (self._localise(request.start, records, tokens, key) if request.start
-                     else self._latest_posed())
-        progress('planning', 0.6)
-        with self._lock:
-            graph = self.graph
-            try:
-                path = graph.plan(start_rec.pose[:3, 3], goal_frame_id=goal_rec.frame_id)
-            except Unreachable as exc:
-                raise RequestError(ErrorCode.UNREACHABLE, str(exc)) from None
-            start_yaw = graph.frame_yaw(start_rec.frame_id)
-            orientations = [tuple(float(v) for v in graph.plane.heading_quaternion(h))
-                            for h in path.headings_rad]
-        steps = steps_from_path(path.plane_xy, start_yaw, self.config.route_turn_threshold_deg)
-        progress('describing', 0.8)
-        bundle = self._bundle
-        assert bundle is not None
-        start_text = request.start or 'your current position'
-        prompt = (f'These are frames of a video.\nYou are a robot beginning at {start_text}. '
-                  f'You want to navigate to {request.goal}. Describe the actions: turn left, '
-                  'turn right, turn back or go forward until a landmark.')
-        model_text = bundle.spatial.answer(prompt, tokens, 48, prefix_key=key)
-        model_steps = parse_route_steps(model_text)
-        agreement = steps_agree(steps, model_steps)
-        return RouteResult(ErrorCode.OK,
-                           f'route to {request.goal}: {path.length_m:.2f} m; the model\'s own '
-                           f'steps agree with the path\'s turns: {agreement.score:.2f}',
-                           steps, model_steps,
-                           [tuple(float(v) for v in p) for p in path.positions],
-                           orientations, goal_rec.stamp_ns,
-                           float(path.length_m))
-
-    def _latest_posed(self) -> FrameRecord:
-        for record in reversed(self.buffer.snapshot()):
-            if record.pose is not None:
-                return record
-        raise RequestError(ErrorCode.NO_FRAMES, 'no frame with a pose yet')
-
-    def _localise(self, what: str, records: list[FrameRecord], tokens: list[Any],
-                  key: Any) -> FrameRecord:
-        """Ask the model which keyframe best shows ``what``; return that record."""
-        bundle = self._bundle
-        assert bundle is not None
-        options = [f'frame {i + 1}' for i in range(len(records))]
-        prompt = build_prompt(f'Which frame shows {what} best?', options, 'option')
-        index, probs = bundle.spatial.choose(prompt, tokens, len(options), prefix_key=key)
-        if not 0 <= index < len(records):
-            raise RequestError(ErrorCode.GOAL_NOT_FOUND,
-                               f'the model named no keyframe for {what!r}')
-        if probs[index] < self.config.route_min_goal_probability:
-            raise RequestError(
-                ErrorCode.GOAL_NOT_FOUND,
-                f'no keyframe shows {what!r} clearly enough: best is keyframe {index + 1} of '
-                f'{len(records)} with p={probs[index]:.2f} < route_min_goal_probability='
-                f'{self.config.route_min_goal_probability:g}')
-        LOG.info('localised %r in keyframe %s (p=%.2f)', what, option_letter(index),
-                 probs[index])
-        return records[index]
 
     # ------------------------------------------------------------------ status
     def trajectory(self) -> np.ndarray:
