@@ -10,6 +10,9 @@ from vlm3r_ros.pipeline.frame_buffer import FrameBuffer, FrameRecord, payload_nb
 S = 1_000_000_000  # ns per second
 
 
+NS = 1_000_000_000
+
+
 def img(h=4, w=4):
     return np.zeros((h, w, 3), dtype=np.uint8)
 
@@ -233,14 +236,34 @@ def test_restore_replaces_the_content_keeps_newer_frames_and_never_reuses_ids():
     for stamp in (10, 20, 90):
         buf.add(stamp, img())
     buf.attach(2, pose=np.eye(4))
+    live = buf.get(2)
     saved = [FrameRecord(5, 30, img()), FrameRecord(7, 40, img(), pose=np.eye(4))]
-    offset, kept = buf.restore(saved)
+    # Frame 2 arrived after the load began (keep_from_id=2): kept, as a new record.
+    offset, kept = buf.restore(saved, keep_from_id=2)
     assert offset == 3 - 5  # the oldest restored frame takes the next unused id (3)
     assert [(r.frame_id, r.stamp_ns) for r in buf.snapshot()] == [(3, 30), (5, 40), (6, 90)]
     assert kept[0].stamp_ns == 90 and kept[0].pose is None  # newer frame kept, geometry gone
+    assert live.frame_id == 2 and live.pose is not None  # whoever holds it still sees it whole
+    assert [r.restored for r in buf.snapshot()] == [True, True, False]
     assert sorted(evicted) == [0, 1]
     assert buf.add(100, img()).frame.frame_id == 7
     assert [r.stamp_ns for r in buf.snapshot()] == [40, 90, 100]  # bounds still apply
     with pytest.raises(ValueError):
         buf.restore([FrameRecord(1, 50, img()), FrameRecord(2, 50, img())])
     assert len(buf) == 3
+    # Without keep_from_id only frames added after the call are kept: none here.
+    buf.restore([FrameRecord(0, 200, img())])
+    assert [r.stamp_ns for r in buf.snapshot()] == [200]
+
+
+def test_a_restored_scene_is_exempt_from_the_time_span_bound_only():
+    buf = FrameBuffer(max_frames=4, max_span_s=1.0)
+    buf.restore([FrameRecord(0, 1 * NS, img()), FrameRecord(1, 2 * NS, img())])
+    buf.add(3600 * NS, img())  # an hour later: live frames obey the span, saved ones stay
+    buf.add(3600 * NS + NS // 2, img())
+    assert [r.stamp_ns for r in buf.snapshot()] == [NS, 2 * NS, 3600 * NS, 3600 * NS + NS // 2]
+    buf.add(3602 * NS, img())  # the count evicts the oldest, the span the live ones
+    assert [r.stamp_ns for r in buf.snapshot()] == [2 * NS, 3602 * NS]
+    for k in range(4):
+        buf.add(3603 * NS + k * NS // 4, img())  # within the span: now the count evicts it
+    assert all(not r.restored for r in buf.snapshot()) and len(buf) == 4

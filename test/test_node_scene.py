@@ -107,3 +107,13 @@ def test_autosave_at_shutdown_writes_a_loadable_scene(frames, tmp_path):
     assert len(scene.frames) == 6 and scene.model['profile'] == 'tiny'
     assert all(f.pose is not None and f.tokens is not None for f in scene.frames)
     assert scene.stream and scene.graph['node_ids'].size > 0 and scene.cloud
+
+
+def test_autosave_never_replaces_a_scene_file_it_could_not_load(frames, tmp_path):
+    path = tmp_path / 'precious.safetensors'
+    path.write_bytes(b'written by a newer node, say')  # unreadable here
+    with running_node(scene_path=str(path), scene_autosave=True, **NODE) as (_node, ns), \
+            client_node() as client:
+        statuses = stream_into_node(client, ns, frames[:3])
+        statuses.wait(lambda m: m.buffer_length == 3, timeout=60)
+    assert path.read_bytes() == b'written by a newer node, say'

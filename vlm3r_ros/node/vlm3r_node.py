@@ -186,7 +186,6 @@ class Vlm3rNode(LifecycleNode):
             self._subs.append(self.create_subscription(
                 pose_type, cfg.pose_topic, self._on_pose, 50, callback_group=self._ingest_group))
         self._requests = RequestServer(self, self._service_group)
-        self._scene_saved = False
         self._load_scene_at_activate(cfg.scene_path)
         self.get_logger().info(f'active: listening on {self._input_desc()}')
         return super().on_activate(state)
@@ -257,30 +256,44 @@ class Vlm3rNode(LifecycleNode):
 
     # ------------------------------------------------------------------ scene memory
     def _load_scene_at_activate(self, path: str) -> None:
-        """Load ``scene_path`` in the background once the model is loaded (when it exists)."""
+        """Load ``scene_path`` in the background once the model is loaded (when it exists).
+
+        Autosave is armed only once that load succeeded (or there was no file): a scene
+        file that could not be loaded yet (model still loading, or refused) is never
+        overwritten by a deactivate.
+        """
+        self._scene_saved = True  # disarmed until we know the file may be replaced
         if not path or self.engine is None:
+            self._scene_saved = False
             return
         path = os.path.expanduser(path)
         if not os.path.exists(path):
             self.get_logger().info(f'scene_path {path} does not exist yet; starting empty')
+            self._scene_saved = False
             return
 
         def done(summary: Any, error: BaseException | None) -> None:
             if error is not None:
-                self.get_logger().error(f'scene_path {path} not loaded: {error}')
+                self.get_logger().error(f'scene_path {path} not loaded: {error}; autosave is '
+                                        'off for this activation so the file is kept')
             else:
+                self._scene_saved = False  # arm autosave
                 self.get_logger().info(f'scene_path {path}: {summary.message}')
 
         self.engine.load_scene_when_ready(path, done=done)
 
     def _autosave_scene(self) -> None:
-        """Save the scene to ``scene_path`` with ``scene_autosave`` (once per activation)."""
+        """Save the scene to ``scene_path`` with ``scene_autosave`` (once per activation;
+        never an empty buffer over an existing file)."""
         cfg, engine = self.config, self.engine
         if (cfg is None or engine is None or not cfg.scene_autosave or not cfg.scene_path
                 or self._scene_saved):
             return
         self._scene_saved = True  # a shutdown after a deactivate must not save the unloaded scene
         path = os.path.expanduser(cfg.scene_path)
+        if len(engine.buffer) == 0 and os.path.exists(path):
+            self.get_logger().info(f'scene autosave skipped: nothing buffered; {path} is kept')
+            return
         try:
             summary = engine.save_scene(path)
             self.get_logger().info(f'scene saved to {path}: {summary.message}')

@@ -111,6 +111,11 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         self._geometry_frames = 0
         self._answered = 0
         self._selection_cache: Selection | None = None  # default selection, for status
+        self._selection_version = 0  # bumped with every invalidation (status stores safely)
+        # Bumped when a scene load or reset replaces the world: an answer computed across
+        # one is refused (BUSY, retry) instead of mixing two scenes.
+        self._scene_generation = 0
+        self._worker_epoch = 0  # the stream epoch the geometry worker has applied
         self._load_thread: threading.Thread | None = None
         # per_query: the last keyframe set's fresh-state visual tokens (key, tokens); the
         # same frames through a fresh CUT3R give the same tokens, so a second question on
@@ -169,7 +174,7 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         with self._lock:
             for name in changed:
                 setattr(self.config, name, getattr(config, name))
-            self._selection_cache = None  # budget or ratio may have changed
+            self._invalidate_selection()  # budget or ratio may have changed
         self.buffer.set_reset_threshold(config.reset_threshold_s)
         return changed
 
@@ -293,7 +298,7 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         with self._lock:
             self.graph = self._new_graph()
             self._stream_epoch += 1
-            self._selection_cache = None
+            self._invalidate_selection()
         self.poses.drop_after(stamp_ns)
 
     def _forget_geometry(self) -> None:
@@ -302,13 +307,18 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         self.cloud.clear()
         with self._lock:
             self.graph = self._new_graph()
-            self._selection_cache = None
+            self._invalidate_selection()
         for record in self.buffer.snapshot():
             self.buffer.attach(record.frame_id, pose=None, voxels=None, tokens=None)
 
     # ------------------------------------------------------------------ geometry
+    def _invalidate_selection(self) -> None:
+        """Drop the status's cached default selection (call with ``_lock`` held)."""
+        self._selection_cache = None
+        self._selection_version += 1
+
     def _geometry_loop(self) -> None:
-        epoch = self._stream_epoch
+        self._worker_epoch = self._stream_epoch
         while not self._stop.is_set():
             rate = self.config.geometry_rate_hz  # read each frame: it may change live
             period = 1.0 / rate if rate > 0 else 0.0
@@ -330,12 +340,14 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
                     continue  # a scene load or reset took it
                 with self._lock:
                     bundle, stream = self._bundle, self._stream
-                    if epoch != self._stream_epoch and stream is not None:
+                    if self._worker_epoch != self._stream_epoch and stream is not None:
                         # A new timeline: a brand-new sequence, new world frame.
                         stream.reset(mode='new_sequence')
-                        epoch = self._stream_epoch
+                        self._worker_epoch = self._stream_epoch
                 if bundle is None or stream is None:
                     continue  # no model: frames stay buffered without geometry
+                if self.buffer.get(record.frame_id) is not record:
+                    continue  # evicted or replaced (a scene load): its step would corrupt
                 try:
                     self._process_frame(record, bundle, stream)
                 except Exception as exc:  # noqa: BLE001 - report, keep serving
@@ -377,7 +389,7 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         with self._lock:
             self.graph.add_pose(record.frame_id, record.stamp_ns, pose)
             self._geometry_frames += 1
-            self._selection_cache = None
+            self._invalidate_selection()
         listener = self.on_geometry
         if listener is not None:
             listener(GeometryEvent(record.stamp_ns, pose, mean_confidence(geom.conf),
@@ -532,14 +544,15 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         """Return a snapshot of counters, buffer, keyframes and model state."""
         stats = self.buffer.stats()
         with self._lock:
-            sel = self._selection_cache
+            sel, version = self._selection_cache, self._selection_version
         if sel is None:  # recomputed only after new geometry or a reset
             try:
                 sel = self.select_keyframes()
             except Exception:  # noqa: BLE001 - status must never fail
                 sel = None
             with self._lock:
-                self._selection_cache = sel
+                if version == self._selection_version:  # nothing changed meanwhile
+                    self._selection_cache = sel
         with self._lock:
             return EngineStatus(
                 model_state=self._model_state,

@@ -66,6 +66,7 @@ class FrameRecord:
     uint8 RGB) is stored by reference, never copied. Optional: ``depth`` (H, W float32 m),
     ``intrinsics`` (3, 3), ``pose`` (4, 4 camera-to-world), ``voxels`` (int64 keys),
     ``geometry`` (e.g. pointmap and confidence) and ``tokens`` (e.g. cached torch tensors).
+    ``restored`` marks a frame of a loaded scene (see :meth:`FrameBuffer.restore`).
     """
 
     frame_id: int
@@ -77,6 +78,9 @@ class FrameRecord:
     voxels: np.ndarray | None = None
     geometry: Any = None
     tokens: Any = None
+    # Restored from a saved scene: exempt from the time-span bound (the count and byte
+    # bounds still apply), so a scene saved long ago survives the first live frame.
+    restored: bool = False
 
     def nbytes(self) -> int:
         """Return the bytes of all arrays and tensors held by this record."""
@@ -128,8 +132,8 @@ class FrameBuffer:
         geometry and tokens) is kept and returned with ``accepted=False``; counted as
         ``dropped``.
       * Bounds, applied after every add/attach, oldest first: more than ``max_frames``
-        records; stamps older than ``newest - max_span_s``; total bytes above
-        ``max_bytes``. The newest record is never evicted for bytes, so one frame larger
+        records; stamps older than ``newest - max_span_s`` (except frames of a restored
+        scene); total bytes above ``max_bytes``. The newest record is never evicted for bytes, so one frame larger
         than ``max_bytes`` is still kept alone.
     """
 
@@ -260,19 +264,28 @@ class FrameBuffer:
         self._notify(gone)
         return alive
 
-    def restore(self, records: list[FrameRecord]) -> tuple[int, list[FrameRecord]]:
+    @property
+    def next_id(self) -> int:
+        """Return the id the next added frame gets (ids below it were issued already)."""
+        with self._lock:
+            return self._next_id
+
+    def restore(self, records: list[FrameRecord],
+                keep_from_id: int | None = None) -> tuple[int, list[FrameRecord]]:
         """Replace the content by ``records`` (a saved scene) in one step under the lock.
 
-        Buffered records newer than the newest restored one (frames that arrived while
-        the scene was loading) are kept after them, stripped of their pose, voxels,
-        geometry and tokens (they belong to the previous world), and renumbered; the other
-        records leave (``on_evict`` for each, counted as cleared). The restored records
-        keep their order and relative ids: each gets ``frame_id + offset``, which puts the
-        oldest at the next unused id, so ids are never reused. The bounds then apply as
-        after an add (the oldest may be evicted).
+        Buffered frames with ``frame_id >= keep_from_id`` and a stamp newer than the newest
+        restored one (frames that arrived while the scene was loading) are kept after the
+        restored ones as NEW records without pose, voxels, geometry or tokens (they belong
+        to the previous world; the old records stay valid for whoever holds them). Every
+        other buffered record leaves (``on_evict`` for each, counted as cleared). The
+        restored records are marked ``restored`` (exempt from the time-span bound), keep
+        their order and relative ids: each gets ``frame_id + offset``, which puts the
+        oldest at the next unused id, so ids are never reused. The count and byte bounds
+        then apply as after an add (oldest first).
 
         Returns:
-            ``(offset, kept)``: the id offset and the kept newer records, oldest first.
+            ``(offset, kept)``: the id offset and the kept records (new ones), oldest first.
 
         Raises:
             ValueError: when ``records`` is empty or its stamps or ids are not strictly
@@ -285,17 +298,22 @@ class FrameBuffer:
             raise ValueError('restored frames must be non-empty, with strictly increasing '
                              'stamps and ids')
         with self._lock:
-            kept = [self._by_stamp[s] for s in self._stamps if s > stamps[-1]]
-            gone = [self._by_stamp[s] for s in self._stamps if s <= stamps[-1]]
+            keep_from = self._next_id if keep_from_id is None else keep_from_id
+            current = [self._by_stamp[s] for s in self._stamps]
+            newer = [r for r in current if r.frame_id >= keep_from and r.stamp_ns > stamps[-1]]
+            gone = [r for r in current if not any(r is k for k in newer)]
             self._cleared += len(gone)
             self._drop_all_locked()
             offset = self._next_id - ids[0]
             for rec in records:
                 rec.frame_id += offset
+                rec.restored = True
             next_id = records[-1].frame_id + 1
-            for rec in kept:
-                rec.frame_id, next_id = next_id, next_id + 1
-                rec.pose = rec.voxels = rec.geometry = rec.tokens = None
+            kept = []
+            for rec in newer:
+                kept.append(FrameRecord(next_id, rec.stamp_ns, rec.image, rec.depth,
+                                        rec.intrinsics))
+                next_id += 1
             for rec in records + kept:
                 nb = rec.nbytes()
                 self._stamps.append(int(rec.stamp_ns))
@@ -379,8 +397,8 @@ class FrameBuffer:
         self._bytes_of.clear()
         self._nbytes = 0
 
-    def _pop_oldest_locked(self) -> FrameRecord:
-        stamp = self._stamps.pop(0)
+    def _pop_oldest_locked(self, index: int = 0) -> FrameRecord:
+        stamp = self._stamps.pop(index)
         rec = self._by_stamp.pop(stamp)
         del self._by_id[rec.frame_id]
         self._nbytes -= self._bytes_of.pop(rec.frame_id)
@@ -391,9 +409,13 @@ class FrameBuffer:
         gone: list[FrameRecord] = []
         while len(self._stamps) > self._max_frames:
             gone.append(self._pop_oldest_locked())
-        if self._max_span_ns is not None:
-            while self._stamps and self._stamps[-1] - self._stamps[0] > self._max_span_ns:
-                gone.append(self._pop_oldest_locked())
+        if self._max_span_ns is not None and self._stamps:
+            newest, i = self._stamps[-1], 0
+            while i < len(self._stamps) and newest - self._stamps[i] > self._max_span_ns:
+                if self._by_stamp[self._stamps[i]].restored:
+                    i += 1  # a loaded scene's frame: only the count and byte bounds apply
+                else:
+                    gone.append(self._pop_oldest_locked(i))
         if self._max_bytes is not None:
             while len(self._stamps) > 1 and self._nbytes > self._max_bytes:
                 gone.append(self._pop_oldest_locked())

@@ -101,6 +101,7 @@ class QueryAnswering:
 
     def _answer(self: 'SpatialEngine', request: QueryRequest, job: '_Job | None' = None) -> QueryResult:
         canceled = job.future.cancel_requested if job is not None else threading.Event()
+        generation = self._scene_generation
 
         def stage(name: str, fraction: float) -> None:
             if canceled.is_set():
@@ -161,8 +162,15 @@ class QueryAnswering:
                                f'({after_cancel} decoded after the cancel request)',
                                parsed.text, parsed.value, parsed.option_index, stamps,
                                selection.ratio)
+        self._check_scene(generation)
         return QueryResult(ErrorCode.OK, 'ok', parsed.text, parsed.value, parsed.option_index,
                            stamps, selection.ratio)
+
+    def _check_scene(self: 'SpatialEngine', generation: int) -> None:
+        """Raise BUSY when a scene load or reset replaced the scene since ``generation``."""
+        if self._scene_generation != generation:
+            raise RequestError(ErrorCode.BUSY, 'the scene was loaded or reset while this '
+                               'request was answered; ask again')
 
     def _estimate_number(self: 'SpatialEngine', bundle: ModelBundle, prompt: str,
                          tokens: Sequence[Any], key: Any) -> str | None:

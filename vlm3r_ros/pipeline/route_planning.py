@@ -33,6 +33,7 @@ class RoutePlanning:
             if feedback is not None:
                 feedback(stage, fraction)
 
+        generation = self._scene_generation
         progress('selecting_keyframes', 0.1)
         budget = min(self.config.route_max_keyframes, 26)
         selection = self.select_keyframes(budget)
@@ -66,6 +67,7 @@ class RoutePlanning:
         model_text = bundle.spatial.answer(prompt, tokens, 48, prefix_key=key)
         model_steps = parse_route_steps(model_text)
         agreement = steps_agree(steps, model_steps)
+        self._check_scene(generation)
         return RouteResult(ErrorCode.OK,
                            f'route to {request.goal}: {path.length_m:.2f} m; the model\'s own '
                            f'steps agree with the path\'s turns: {agreement.score:.2f}',

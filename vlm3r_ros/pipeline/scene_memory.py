@@ -99,15 +99,24 @@ class SceneMemory:
                 'keyframe_voxel_m': self.config.coverage_voxel_m(),
                 'cache_mode': self.config.cache_mode,
                 'reconstruction': self.config.reconstruction,
-                'points_source': self.config.points_source, 'graph': graph_settings}
+                'points_source': self.config.points_source,
+                'min_confidence': self.config.min_confidence, 'graph': graph_settings}
 
-    def load_scene(self: 'SpatialEngine', path: str) -> SceneSummary:
+    def load_scene(self: 'SpatialEngine', path: str,
+                   keep_from_id: int | None = None) -> SceneSummary:
         """Replace the live scene by the one saved at ``path``; return what was loaded.
+
+        Buffered frames are dropped except those added after the call began (or with ids
+        from ``keep_from_id``) that are newer than the saved scene: they are kept after it
+        and get geometry in the restored world. An answer computed while the scene changes
+        is refused with BUSY (retry).
 
         Raises SceneFileError for a missing, truncated, corrupt or foreign file and
         SceneNotReady while the configured model is still loading; in both cases the
         live scene is untouched.
         """
+        if keep_from_id is None:
+            keep_from_id = self.buffer.next_id  # frames arriving from now on are kept
         scene = read_scene(path)  # every check happens here, before anything changes
         if not scene.frames:
             raise SceneNotReady(f'{path!r} holds no frames; nothing to load')
@@ -117,10 +126,7 @@ class SceneMemory:
             raise SceneNotReady('the model is not loaded yet; load the scene once it is')
         reuse, why = self._reusable(scene, bundle)
         records = [self._record(frame, reuse, bundle) for frame in scene.frames]
-        with self._geometry_lock:
-            with self._pending_cv:
-                self._pending = None
-                self._backlog.clear()
+        with self._geometry_lock:  # the worker is between frames
             graph = self._new_graph()
             if reuse:
                 reuse, why = self._continue_stream(scene, graph)
@@ -128,35 +134,56 @@ class SceneMemory:
                     records = [self._record(frame, False, None) for frame in scene.frames]
             elif self._stream is not None:
                 self._stream.reset(mode='new_sequence')
-            self.coverage.clear()
-            self.cloud.clear()
-            offset, kept = self.buffer.restore(records)
-            alive = {r.frame_id: r for r in self.buffer.snapshot()}
-            if reuse:
-                graph.renumber_frames(offset)
-                for rec in records:
-                    if rec.frame_id in alive and rec.voxels is not None:
-                        self.coverage.add(rec.frame_id, rec.stamp_ns, rec.voxels)
-                for frame_id, stamp, keys, rgb in scene.cloud:
-                    if frame_id + offset in alive:
-                        self.cloud.add(frame_id + offset, stamp, keys, rgb)
-            with self._lock:
-                self.graph = graph
-                self._selection_cache = None
-                self._per_query_tokens = None
+            with self._lock:  # readers see the old scene or the new one, not a mix
+                self.coverage.clear()
+                self.cloud.clear()
+                offset, kept = self.buffer.restore(records, keep_from_id)
                 if reuse:
+                    graph.renumber_frames(offset)
+                    self._index_restored(records, scene.cloud, offset)
                     self._geometry_frames += sum(r.pose is not None for r in records)
-            todo = kept if reuse else [r for r in alive.values()]
+                self.graph = graph
+                self._invalidate_selection()
+                self._per_query_tokens = None
+                self._scene_generation += 1
+                self._worker_epoch = self._stream_epoch  # the stream is already right
+            buffered = [r for r in records if self.buffer.get(r.frame_id) is r]
+            todo = kept if reuse else buffered + kept
             with self._pending_cv:
-                self._backlog.extend(sorted(todo, key=lambda r: r.stamp_ns))
+                pending = self._pending
+                if pending is not None and self.buffer.get(pending.frame_id) is not pending:
+                    self._pending = None  # replaced by its new record in `kept`, or gone
+                self._backlog.clear()
+                self._backlog.extend(todo)
                 self._pending_cv.notify()
-        n = len(scene.frames)
+        n = len(buffered)
+        dropped = len(records) - n
+        note = f' ({dropped} oldest dropped by buffer_max_frames/buffer_max_mb)' if dropped else ''
         if reuse:
-            message = f'loaded {n} frames; geometry and tokens reused (same model)'
+            message = f'loaded {n} frames{note}; geometry and tokens reused (same model)'
         else:
-            message = f'loaded {n} frames; geometry and tokens are being recomputed ({why})'
+            message = (f'loaded {n} frames{note}; geometry and tokens are being recomputed '
+                       f'({why})')
         LOG.info('scene %s: %s', path, message)
         return SceneSummary(str(path), n, 0, reuse, message)
+
+    def _index_restored(self: 'SpatialEngine', records: list[FrameRecord],
+                        cloud: list[tuple[int, int, np.ndarray, np.ndarray]],
+                        offset: int) -> None:
+        """Put restored frames' voxels into the coverage index and the reconstruction.
+
+        Mirror protocol of the buffer: add first, then remove again when the frame is no
+        longer buffered (an ingest may evict it concurrently; removal is idempotent).
+        """
+        for rec in records:
+            if rec.voxels is not None:
+                self.coverage.add(rec.frame_id, rec.stamp_ns, rec.voxels)
+                if self.buffer.get(rec.frame_id) is not rec:
+                    self.coverage.remove(rec.frame_id)
+        for frame_id, stamp, keys, rgb in cloud:
+            self.cloud.add(frame_id + offset, stamp, keys, rgb)
+            if self.buffer.get(frame_id + offset) is None:
+                self.cloud.remove(frame_id + offset)
 
     def _reusable(self: 'SpatialEngine', scene: Scene, bundle: Any) -> tuple[bool, str]:
         """Return whether the saved results fit the live engine, and why not."""
@@ -167,7 +194,8 @@ class SceneMemory:
                              if scene.model.get(k) != bundle.identity.get(k))
             return False, f'saved with another model ({", ".join(changed) or "unknown"} differ)'
         live = self._scene_settings({})
-        for key in ('voxel_size_m', 'keyframe_voxel_m', 'cache_mode', 'points_source'):
+        for key in ('voxel_size_m', 'keyframe_voxel_m', 'cache_mode', 'points_source',
+                    'min_confidence'):
             if scene.settings.get(key) != live[key]:
                 return False, f'{key} differs ({scene.settings.get(key)!r} vs {live[key]!r})'
         if live['reconstruction'] and not scene.settings.get('reconstruction'):
@@ -213,15 +241,18 @@ class SceneMemory:
                               done: Any = None) -> threading.Thread:
         """Load ``path`` in a background thread once the model is loaded.
 
-        ``done(summary, error)`` is called with the SceneSummary or the exception.
-        Returns the thread.
+        Frames that arrive from this call on (while the model loads) are kept after the
+        saved ones. ``done(summary, error)`` is called with the SceneSummary or the
+        exception. Returns the thread.
         """
+        keep_from_id = self.buffer.next_id
+
         def run() -> None:
             summary, error = None, None
             try:
                 if self._loader is not None and not self.wait_loaded(timeout_s):
                     raise SceneNotReady(f'the model did not load; scene {path!r} not loaded')
-                summary = self.load_scene(path)
+                summary = self.load_scene(path, keep_from_id)
             except Exception as exc:  # noqa: BLE001 - reported to the caller
                 error = exc
             if done is not None:
@@ -235,16 +266,20 @@ class SceneMemory:
         """Forget the scene (frames, keyframes, reconstruction, trajectory, stream state)
         for a new place; return the number of frames dropped. The model stays loaded."""
         with self._geometry_lock:
-            with self._pending_cv:
-                self._pending = None
-                self._backlog.clear()
-            dropped = self.buffer.clear()
-            self.coverage.clear()
-            self.cloud.clear()
             with self._lock:
+                dropped = self.buffer.clear()
+                self.coverage.clear()
+                self.cloud.clear()
                 self.graph = self._new_graph()
-                self._selection_cache = None
+                self._invalidate_selection()
                 self._per_query_tokens = None
+                self._scene_generation += 1
                 if self._stream is not None:
                     self._stream.reset(mode='new_sequence')
+                self._worker_epoch = self._stream_epoch
+            with self._pending_cv:
+                self._backlog.clear()
+                pending = self._pending
+                if pending is not None and self.buffer.get(pending.frame_id) is not pending:
+                    self._pending = None
         return len(dropped)

@@ -9,7 +9,8 @@ Manifest (JSON): ``format`` ('vlm3r_scene'), ``version``, ``created`` (UTC ISO 8
 fusion, dtype, weight digests; empty without a model), ``settings`` (voxel size and the
 trajectory graph's settings), ``frames`` (one entry per frame, oldest first: ``id``,
 ``stamp_ns``, and which optional tensors it has), ``digest`` (SHA-256 over every tensor's
-name, dtype, shape and bytes, in name order: a flipped bit is found, not loaded).
+name, dtype, shape and bytes, in name order, and over the rest of the manifest: a flipped
+bit anywhere is found, not loaded).
 
 Tensors (``i`` = the frame's 6-digit position in ``frames``):
   * ``frame/i/image_png``: uint8, the RGB frame as a lossless PNG (exactly the stored image);
@@ -78,8 +79,11 @@ class Scene:
     created: str = ''
 
 
-def _digest(tensors: dict[str, np.ndarray]) -> str:
+def _digest(tensors: dict[str, np.ndarray], manifest: dict[str, Any]) -> str:
+    """Return the SHA-256 over the manifest (without its digest) and every tensor."""
     sha = hashlib.sha256()
+    body = {k: v for k, v in manifest.items() if k != 'digest'}
+    sha.update(json.dumps(body, sort_keys=True).encode())
     for name in sorted(tensors):
         array = tensors[name]
         sha.update(f'{name}|{array.dtype.str}|{array.shape}|'.encode())
@@ -98,7 +102,12 @@ def _encode_png(image: np.ndarray) -> np.ndarray:
 
 def _decode_png(data: np.ndarray, where: str) -> np.ndarray:
     import cv2
-    image = cv2.imdecode(np.ascontiguousarray(data, np.uint8), cv2.IMREAD_COLOR)
+    if data.ndim != 1 or data.dtype != np.uint8 or data.size < 8:
+        raise SceneFileError(f'{where}: image_png must be 1-D uint8 PNG bytes')
+    try:
+        image = cv2.imdecode(np.ascontiguousarray(data), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise SceneFileError(f'{where}: not a decodable PNG image ({exc})') from exc
     if image is None:
         raise SceneFileError(f'{where}: not a decodable PNG image')
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -139,7 +148,8 @@ def write_scene(path: str | os.PathLike[str], scene: Scene) -> int:
     manifest = {'format': FORMAT, 'version': VERSION,
                 'created': scene.created or datetime.now(timezone.utc).isoformat(),
                 'model': scene.model, 'settings': scene.settings, 'frames': entries,
-                'cloud': cloud, 'digest': _digest(tensors)}
+                'cloud': cloud}
+    manifest['digest'] = _digest(tensors, manifest)
     target = Path(path).expanduser()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +202,7 @@ def read_scene(path: str | os.PathLike[str]) -> Scene:
     if not isinstance(version, int) or version > VERSION or version < 1:
         raise SceneFileError(f'{str(source)!r}: scene format version {version!r}; this '
                              f'node reads versions 1 to {VERSION}')
-    if manifest.get('digest') != _digest(tensors):
+    if manifest.get('digest') != _digest(tensors, manifest):
         raise SceneFileError(f'{str(source)!r}: content digest mismatch (the file was '
                              'modified or corrupted after it was written)')
     try:
@@ -201,6 +211,21 @@ def read_scene(path: str | os.PathLike[str]) -> Scene:
         if isinstance(exc, SceneFileError):
             raise
         raise SceneFileError(f'{str(source)!r}: malformed scene: {exc!r}') from exc
+
+
+TOKEN_DTYPES = ('float32', 'float16', 'bfloat16')
+
+
+def _check_tokens(key: str, value: np.ndarray, dtype: str, earlier: list[SavedFrame]) -> None:
+    """Refuse tokens that are not finite 2-D float32, of a known model dtype, and shaped
+    like the other frames' (every frame of one model has the same token count and width)."""
+    if value.ndim != 2 or value.dtype != np.float32 or not np.isfinite(value).all():
+        raise SceneFileError(f'{key}/tokens: must be finite 2-D float32')
+    if dtype not in TOKEN_DTYPES:
+        raise SceneFileError(f'{key}/tokens: dtype {dtype!r} is not one of {TOKEN_DTYPES}')
+    shapes = {f.tokens.shape for f in earlier if f.tokens is not None}
+    if shapes and value.shape not in shapes:
+        raise SceneFileError(f'{key}/tokens: shape {value.shape} differs from {shapes.pop()}')
 
 
 def _scene_from(manifest: dict[str, Any], tensors: dict[str, np.ndarray]) -> Scene:
@@ -230,19 +255,27 @@ def _scene_from(manifest: dict[str, Any], tensors: dict[str, np.ndarray]) -> Sce
                                      f'{image.shape[:2]}')
             if name == 'voxels' and (value.ndim != 1 or value.dtype != np.int64):
                 raise SceneFileError(f'{key}/voxels: must be 1-D int64 keys')
+            if name == 'depth' and value.dtype != np.float32:
+                raise SceneFileError(f'{key}/depth: must be float32 metres')
+            if name == 'tokens':
+                _check_tokens(key, value, frame.tokens_dtype, frames)
             setattr(frame, name, value)
         frames.append(frame)
     cloud = []
     for i, (frame_id, stamp) in enumerate(manifest.get('cloud', [])):
         keys, rgb = tensors[f'cloud/{i:06d}/keys'], tensors[f'cloud/{i:06d}/rgb']
-        if keys.ndim != 1 or rgb.shape != (keys.shape[0], 3):
-            raise SceneFileError(f'cloud/{i:06d}: keys and colours do not match')
+        if keys.ndim != 1 or keys.dtype != np.int64 or rgb.dtype != np.uint8 \
+                or rgb.shape != (keys.shape[0], 3):
+            raise SceneFileError(f'cloud/{i:06d}: needs int64 keys and (N, 3) uint8 colours')
         cloud.append((int(frame_id), int(stamp), keys, rgb))
 
     def group(prefix: str) -> dict[str, np.ndarray]:
         return {name[len(prefix) + 1:]: value for name, value in tensors.items()
                 if name.startswith(prefix + '/')}
 
+    stream = group('stream')
+    if not all(np.isfinite(v).all() for v in stream.values() if v.dtype.kind == 'f'):
+        raise SceneFileError('stream state: non-finite values')
     return Scene(frames=frames, model=dict(manifest.get('model') or {}),
                  settings=dict(manifest.get('settings') or {}), graph=group('graph'),
-                 stream=group('stream'), cloud=cloud, created=str(manifest.get('created', '')))
+                 stream=stream, cloud=cloud, created=str(manifest.get('created', '')))

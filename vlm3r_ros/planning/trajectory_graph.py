@@ -470,8 +470,11 @@ class TrajectoryGraph:
                 or (last_node >= 0 and last_node not in known):
             raise ValueError('malformed trajectory graph: edges or frames name unknown nodes')
         if not (np.isfinite(positions).all() and np.isfinite(plane_xy).all()
-                and np.isfinite(yaw_odo).all()):
-            raise ValueError('malformed trajectory graph: non-finite node positions')
+                and np.isfinite(yaw_odo).all() and np.isfinite(frame_yaw).all()
+                and math.isfinite(last_yaw)):
+            raise ValueError('malformed trajectory graph: non-finite positions or headings')
+        if np.any(edges[:, 0] == edges[:, 1]) or not np.isin(edges[:, 2], (0, 1)).all():
+            raise ValueError('malformed trajectory graph: self-loop or unknown edge kind')
         self.clear()
         for i in range(n):
             node = TrajectoryNode(
