@@ -223,9 +223,11 @@ def test_malformed_contents_are_refused_before_anything_is_applied(saved, tmp_pa
     scene = read_scene(saved[0])
     bad_tokens = dataclasses.replace(scene.frames[1], tokens=scene.frames[1].tokens[:3])
     bad_dtype = dataclasses.replace(scene.frames[1], tokens_dtype='nn')
+    bad_width = dataclasses.replace(scene.frames[1], tokens=scene.frames[1].tokens[:, :3])
     cases = {
         'tokens of another shape': (dict(frames=[scene.frames[0], bad_tokens]), 'shape'),
         'unknown token dtype': (dict(frames=[scene.frames[0], bad_dtype]), 'dtype'),
+        'tokens of another width': (dict(frames=[scene.frames[0], bad_width]), 'shape'),
         'graph self-loop': (dict(graph={**scene.graph, 'edges': np.array([[0, 0, 0]])}), None),
     }
     for name, (change, match) in cases.items():
@@ -239,3 +241,23 @@ def test_malformed_contents_are_refused_before_anything_is_applied(saved, tmp_pa
             continue
         with pytest.raises(SceneFileError, match=match):
             read_scene(target)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16', 'bfloat16'])
+def test_tokens_round_trip_bit_for_bit_in_the_models_precision(frames, tmp_path, dtype):
+    import torch
+    from vlm3r_ros.pipeline import scene_memory, scene_store
+    tokens = torch.randn(5, 7).to(getattr(torch, dtype))
+    array, name = scene_memory._tokens_to_numpy(tokens)
+    assert name == dtype and array.nbytes == tokens.numel() * tokens.element_size()
+    frame = scene_store.SavedFrame(0, 1, frames[0], tokens=array, tokens_dtype=name)
+    scene_store.write_scene(tmp_path / 's.safetensors', scene_store.Scene(frames=[frame]))
+    back = read_scene(tmp_path / 's.safetensors').frames[0]
+    restored = scene_memory._tokens_to_torch(back.tokens, back.tokens_dtype, 'cpu')
+    assert restored.dtype == tokens.dtype and torch.equal(restored, tokens)
+    bad = tokens.clone()
+    bad[0, 0] = float('nan')
+    nan_frame = dataclasses.replace(frame, tokens=scene_memory._tokens_to_numpy(bad)[0])
+    scene_store.write_scene(tmp_path / 'nan.safetensors', scene_store.Scene(frames=[nan_frame]))
+    with pytest.raises(SceneFileError, match='non-finite'):
+        read_scene(tmp_path / 'nan.safetensors')

@@ -50,13 +50,29 @@ class SceneSummary:
 
 
 def _tokens_to_numpy(tokens: Any) -> tuple[np.ndarray | None, str]:
-    """Return cached tokens as a float32 array and their dtype name (None: no tokens)."""
+    """Return cached tokens as an array in their own precision and the dtype's name
+    (float32 and float16 as such; bfloat16, which NumPy lacks, as its int16 bit pattern);
+    (None, '') without tokens."""
     if tokens is None:
         return None, ''
-    if hasattr(tokens, 'detach'):
-        return tokens.detach().float().cpu().numpy(), str(tokens.dtype).removeprefix('torch.')
-    array = np.asarray(tokens)
-    return array.astype(np.float32), str(array.dtype)
+    if not hasattr(tokens, 'detach'):
+        return np.asarray(tokens, np.float32), 'float32'
+    import torch
+    tensor = tokens.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy(), 'bfloat16'
+    if tensor.dtype == torch.float16:
+        return tensor.numpy(), 'float16'
+    return tensor.float().numpy(), 'float32'
+
+
+def _tokens_to_torch(array: np.ndarray, dtype: str, device: Any) -> Any:
+    """Return the torch tensor :func:`_tokens_to_numpy` wrote, bit for bit, on ``device``."""
+    import torch
+    tensor = torch.from_numpy(np.array(array))  # a writable copy of the file's bytes
+    if dtype == 'bfloat16':
+        tensor = tensor.view(torch.bfloat16)
+    return tensor.to(device)
 
 
 class SceneMemory:
@@ -230,11 +246,8 @@ class SceneMemory:
         if reuse:
             record.pose, record.voxels = frame.pose, frame.voxels
             if frame.tokens is not None:
-                import torch
-                model = bundle.spatial
-                record.tokens = torch.from_numpy(np.array(frame.tokens, np.float32)).to(
-                    getattr(model, 'device', 'cpu'),
-                    getattr(torch, frame.tokens_dtype, getattr(model, 'dtype', torch.float32)))
+                record.tokens = _tokens_to_torch(frame.tokens, frame.tokens_dtype,
+                                                 getattr(bundle.spatial, 'device', 'cpu'))
         return record
 
     def load_scene_when_ready(self: 'SpatialEngine', path: str, timeout_s: float = 600.0,

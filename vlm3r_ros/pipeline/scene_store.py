@@ -16,7 +16,8 @@ Tensors (``i`` = the frame's 6-digit position in ``frames``):
   * ``frame/i/image_png``: uint8, the RGB frame as a lossless PNG (exactly the stored image);
   * ``frame/i/depth`` (H, W) float32 m; ``frame/i/intrinsics`` (3, 3) float64;
     ``frame/i/pose`` (4, 4) float64 camera-to-world in the engine's world;
-    ``frame/i/voxels`` int64 voxel keys; ``frame/i/tokens`` float32 cached visual tokens;
+    ``frame/i/voxels`` int64 voxel keys; ``frame/i/tokens`` the cached visual tokens in the
+    model's precision (float32, float16, or bfloat16 stored as its int16 bit pattern);
   * ``cloud/i/keys`` int64 and ``cloud/i/rgb`` (N, 3) uint8: the frame's coloured voxels;
   * ``graph/<name>``: :meth:`TrajectoryGraph.export_state` arrays;
   * ``stream/<name>``: the geometry stream's recurrent state
@@ -62,7 +63,7 @@ class SavedFrame:
     intrinsics: np.ndarray | None = None
     pose: np.ndarray | None = None
     voxels: np.ndarray | None = None
-    tokens: np.ndarray | None = None  # float32 (the model's dtype is in tokens_dtype)
+    tokens: np.ndarray | None = None  # in tokens_dtype's precision (bfloat16: int16 bits)
     tokens_dtype: str = ''
 
 
@@ -213,16 +214,21 @@ def read_scene(path: str | os.PathLike[str]) -> Scene:
         raise SceneFileError(f'{str(source)!r}: malformed scene: {exc!r}') from exc
 
 
-TOKEN_DTYPES = ('float32', 'float16', 'bfloat16')
+# The token dtypes a scene stores, each with its NumPy storage type (bfloat16 as int16 bits).
+TOKEN_DTYPES = {'float32': np.float32, 'float16': np.float16, 'bfloat16': np.int16}
 
 
 def _check_tokens(key: str, value: np.ndarray, dtype: str, earlier: list[SavedFrame]) -> None:
-    """Refuse tokens that are not finite 2-D float32, of a known model dtype, and shaped
-    like the other frames' (every frame of one model has the same token count and width)."""
-    if value.ndim != 2 or value.dtype != np.float32 or not np.isfinite(value).all():
-        raise SceneFileError(f'{key}/tokens: must be finite 2-D float32')
-    if dtype not in TOKEN_DTYPES:
-        raise SceneFileError(f'{key}/tokens: dtype {dtype!r} is not one of {TOKEN_DTYPES}')
+    """Refuse tokens that are not finite 2-D arrays of a known model dtype stored as that
+    dtype, or shaped unlike the other frames' (one model: one token count and width)."""
+    if dtype not in TOKEN_DTYPES or value.dtype != TOKEN_DTYPES[dtype] or value.ndim != 2:
+        raise SceneFileError(f'{key}/tokens: need 2-D tokens of one of {sorted(TOKEN_DTYPES)} '
+                             f'(got {value.dtype} {value.shape}, dtype {dtype!r})')
+    values = value
+    if dtype == 'bfloat16':  # the bits of a bfloat16 are the high half of a float32's
+        values = (value.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if not np.isfinite(values).all():
+        raise SceneFileError(f'{key}/tokens: non-finite values')
     shapes = {f.tokens.shape for f in earlier if f.tokens is not None}
     if shapes and value.shape not in shapes:
         raise SceneFileError(f'{key}/tokens: shape {value.shape} differs from {shapes.pop()}')
