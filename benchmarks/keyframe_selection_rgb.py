@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--split', default='val', choices=('val', 'test'))
     p.add_argument('--budget', type=int, default=8)
     p.add_argument('--limit', type=int, default=None)
+    p.add_argument('--weights', default=str(CUT3R_SMALL), help='CUT3R weights to measure')
     p.add_argument('--out', default='out/keyframe_selection_rgb.json')
     args = p.parse_args(argv)
-    model = load_cut3r(str(CUT3R_SMALL))
+    model = load_cut3r(args.weights)
     size = tuple(model.config.img_size)
     seqs = load_sequences(args.data, args.split, args.limit)
     scores: dict[str, list[float]] = {}

@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--data', default='data/geometry_eval')
     p.add_argument('--split', default='val', choices=('val', 'test'))
     p.add_argument('--limit', type=int, default=None)
+    p.add_argument('--weights', default=str(CUT3R_SMALL), help='CUT3R weights to measure')
     p.add_argument('--out', default='out/pose_source_rgb.json')
     args = p.parse_args(argv)
-    model = load_cut3r(str(CUT3R_SMALL))
+    model = load_cut3r(args.weights)
     size = tuple(model.config.img_size)
     rows: dict[str, list[dict[str, float]]] = {}
     started = time.monotonic()

@@ -156,6 +156,13 @@ def test_trainer_writes_resumable_checkpoints_and_loadable_weights(data_root, tm
     steps = [json.loads(r)['step'] for r in (out / 'metrics.jsonl').read_text().splitlines()
              if 'loss' in r]
     assert steps[-1] == 4 and steps.count(1) == 1
+    # Fine-tuning starts from given weights: zero steps of training keep them exactly.
+    tuned = TrainConfig(**{**cfg.__dict__, 'out': str(tmp_path / 'tune'), 'steps': 1,
+                           'lr': 0.0, 'min_lr': 0.0, 'init_weights': str(out / 'best.safetensors')})
+    train(tuned)
+    start = load_cut3r(out / 'best.safetensors').state_dict()
+    after = load_cut3r(tmp_path / 'tune' / 'best.safetensors').state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm3r_ros.models.cut3r.checkpoint import save_official_layout
+from vlm3r_ros.models.cut3r.checkpoint import load_cut3r, save_official_layout
 from vlm3r_ros.models.cut3r.config import Cut3rConfig
 from vlm3r_ros.models.cut3r.model import Cut3rModel
 from vlm3r_ros.train.distributed import rank0_decides, setup_distributed, shutdown
@@ -45,6 +45,10 @@ class TrainConfig:
     data: str = 'data/geometry'
     out: str = 'out/train_geometry'
     model: str = 'small'  # a Cut3rConfig classmethod: small, tiny
+    # Start from these weights (.safetensors/.pth, the node's loader; e.g. the shipped
+    # cut3r_small.safetensors) instead of a random init: fine-tuning. A resumed run's
+    # ckpt.pt takes precedence.
+    init_weights: str = ''
     steps: int = 2400
     # (views per sequence, fraction of the steps), in order; views per step stay fixed.
     stages: tuple[tuple[int, float], ...] = ((4, 0.35), (8, 0.35), (12, 0.3))
@@ -200,7 +204,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg.model, cfg.seed).to(device).train()
+    model = build_model(cfg.model, cfg.seed)
+    if cfg.init_weights:
+        start = load_cut3r(cfg.init_weights)  # strict: the config must match cfg.model
+        if start.config != model.config:
+            raise ValueError(f'{cfg.init_weights} is a {start.config} model, not {cfg.model}')
+        model.load_state_dict(start.state_dict())
+    model = model.to(device).train()
     rollout: nn.Module = Rollout(model)
     if world > 1:
         rollout = nn.parallel.DistributedDataParallel(rollout, find_unused_parameters=True)
