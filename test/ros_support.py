@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import rclpy
+from rclpy.action import ActionClient as RclpyActionClient
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -24,6 +25,20 @@ from vlm3r_ros.node.ros_convert import ns_to_stamp, rgb_to_image
 from vlm3r_ros.node.vlm3r_node import Vlm3rNode
 
 _names = itertools.count()
+
+
+class ActionClient(RclpyActionClient):
+    """rclpy's ActionClient, safe to create on a node that is already spinning.
+
+    rclpy (action/client.py) adds the client to its node's waitables before it creates
+    the client's lock. An executor thread that counts the node's entities in between dies
+    with AttributeError, and every later future of that node hangs; this was seen once in a
+    full run on a loaded machine. Here the lock exists before the base class runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
 
 def ensure_rclpy() -> None:

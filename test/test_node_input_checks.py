@@ -18,12 +18,11 @@ from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import Log
-from rclpy.action import ActionClient
 from rclpy.qos import qos_profile_rosout_default, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
-from ros_support import (Collector, call, client_node, publish_frames, running_node,
-                         synthetic_frame, wait_for)
+from ros_support import (ActionClient, Collector, call, client_node, publish_frames,
+                         running_node, synthetic_frame, wait_for)
 from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import ns_to_stamp, rgb_to_image

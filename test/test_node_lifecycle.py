@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.action import ActionClient
 
-from ros_support import Collector, call, client_node, publish_frames, running_node, wait_for
+from ros_support import (ActionClient, Collector, call, client_node, publish_frames,
+                         running_node, wait_for)
 from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.pipeline.errors import ErrorCode

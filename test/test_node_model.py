@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
-from rclpy.action import ActionClient
 
-from ros_support import Collector, call, client_node, publish_frames, running_node, wait_for
+from ros_support import (ActionClient, Collector, call, client_node, publish_frames,
+                         running_node, wait_for)
 from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.ros_convert import matrix_to_pose, ns_to_stamp, stamp_to_ns

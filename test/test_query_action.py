@@ -7,9 +7,9 @@ import time
 
 import pytest
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
 
-from ros_support import Collector, call, client_node, publish_frames, running_node, wait_for
+from ros_support import (ActionClient, Collector, call, client_node, publish_frames,
+                         running_node, wait_for)
 from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
 from vlm3r_ros.msg import SceneStatus
 from vlm3r_ros.node.query_action import FEEDBACK_QOS
