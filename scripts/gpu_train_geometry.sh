@@ -21,39 +21,9 @@
 # test/test_gpu_train_script.py does before device time is spent).
 # Exit: 0 all ran, 2 no CUDA device (and no ALLOW_CPU), else the failing step's exit code.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUT="${OUT:-$PWD/out/gpu_train_geometry}"
-mkdir -p "$OUT"
-TOTAL_S="${TOTAL_S:-540}"
-EVAL_S="${EVAL_S:-150}"
-PY="${PYTHON:-python3}"
-WORK="${WORK:-$(mktemp -d)}"
-T0=$(date +%s)
-left() { echo $(( TOTAL_S - ($(date +%s) - T0) )); }
-exec > >(tee -a "$OUT/train_gpu.log") 2>&1
-say() { printf '[gpu_train %4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
-export PYTHONUNBUFFERED=1
-
-# ---------------------------------------------------------------- 1. environment
-CPUS=$(getconf _NPROCESSORS_ONLN)
-say "host $(hostname), $CPUS cpus, work dir $WORK"
-nvidia-smi -L 2>/dev/null || say 'nvidia-smi: none'
-DEVICE=cuda
-if ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-  if [ "${ALLOW_CPU:-0}" != 1 ]; then say 'no CUDA device (ALLOW_CPU=1 runs on the CPU)'; exit 2; fi
-  DEVICE=cpu
-fi
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
-
-# ---------------------------------------------------------------- 2. extras
-EXTRAS="$WORK/extras"
-if ! "$PY" -c 'import datasets, transforms3d' 2>/dev/null && ls .whl/train/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --target "$EXTRAS" .whl/train/*.whl || exit $?
-  say "installed $(ls .whl/train/*.whl | wc -l) carried wheels"
-fi
-export PYTHONPATH="$PWD:$EXTRAS${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c 'import datasets, transforms3d, vlm3r_ros.train.train_geometry' || {
-  say 'training imports fail: carry .whl (bash scripts/device_train_wheels.sh)'; exit 3; }
+NAME=gpu_train LOG=train_gpu.log OUT_DEFAULT=out/gpu_train_geometry EVAL_DEFAULT_S=150 IMPORT=vlm3r_ros.train.train_geometry
+# shellcheck source=scripts/gpu_train_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_train_common.sh"  # steps 1-2
 
 # ---------------------------------------------------------------- 3. dataset
 if [ "${TINY:-0}" = 1 ]; then
