@@ -37,6 +37,7 @@ setup(
             'vlm3r-train-geometry = vlm3r_ros.train.train_geometry:main',
             'vlm3r-eval-geometry = vlm3r_ros.train.eval_geometry:main',
             'vlm3r-pretrain-vision = vlm3r_ros.train.vision_pretrain:main',
+            'vlm3r-probe-vision = vlm3r_ros.train.vision_probe:main',
             'vlm3r-train = vlm3r_ros.train.train_vlm3r:main',
             'vlm3r-eval-model = vlm3r_ros.train.eval_vlm3r:main',
         ],

@@ -21,7 +21,7 @@ from vlm3r_ros.models.profiles import get_profile
 from vlm3r_ros.models.vlm3r.checkpoint import load_vlm3r
 from vlm3r_ros.train import dataset, eval_vlm3r, qa_data, train_vlm3r, vision_pretrain
 from vlm3r_ros.train.qa_grounding import (ABSENT, PRESENCE_CATEGORIES, PRESENT, UNCLEAR,
-                                          presence_items, presence_row)
+                                          listing_items, presence_items, presence_row)
 
 
 @pytest.fixture(scope='module')
@@ -64,6 +64,21 @@ def test_presence_items_are_balanced_within_each_category() -> None:
         assert chosen.endswith(item.answer_text)
 
 
+def test_listing_items_name_the_clear_categories_and_list_the_present_ones() -> None:
+    presence = np.full((2, len(PRESENCE_CATEGORIES)), ABSENT, dtype=np.int8)
+    presence[0, [1, 4]] = PRESENT
+    presence[0, 2] = UNCLEAR
+    presence[1, :] = UNCLEAR
+    presence[1, 0] = ABSENT
+    first, second = listing_items([7, 8], presence)
+    names = PRESENCE_CATEGORIES
+    assert first.answer_text == f'{names[1]}, {names[4]}' and first.answer_type == 'text'
+    assert names[2] not in first.question and names[3] in first.question
+    assert second.answer_text == 'none' and qa_data.scene_of(second) == 8
+    assert f'frames: {names[0]}?' in second.question  # only the one clear category is named
+    assert listing_items([9], np.full((1, len(names)), UNCLEAR, dtype=np.int8)) == []
+
+
 def test_training_chain_writes_a_release_the_node_loads(data_dir: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     torch.set_num_threads(1)
@@ -73,7 +88,7 @@ def test_training_chain_writes_a_release_the_node_loads(data_dir: Path, tmp_path
                                  '--log-every', '1']) == 0
     common = ['--data', str(data_dir), '--vision', str(vision_out / 'vision.safetensors'),
               '--steps', '3', '--batch', '4', '--eval-every', '2', '--val-items', '8',
-              '--log-every', '1', '--warmup-steps', '1']
+              '--log-every', '1', '--warmup-steps', '1', '--keep', 'last']
     full, blind = tmp_path / 'full', tmp_path / 'blind'
     assert train_vlm3r.main(common + ['--out', str(full)]) == 0
     assert train_vlm3r.main(common + ['--out', str(blind), '--blind']) == 0
@@ -113,6 +128,36 @@ def test_training_chain_writes_a_release_the_node_loads(data_dir: Path, tmp_path
     assert len({m['items'] for m in modes.values()}) == 1
 
 
+def test_fused_run_starts_from_the_blind_llm_and_exports_its_best_step(data_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    common = ['--data', str(data_dir), '--vision', '', '--steps', '2', '--batch', '2',
+              '--eval-every', '1', '--val-items', '4', '--log-every', '1',
+              '--warmup-steps', '1']
+    blind, fused = tmp_path / 'blind', tmp_path / 'fused'
+    assert train_vlm3r.main(common + ['--out', str(blind), '--blind']) == 0
+    # lr 0: the fused run's LLM must stay exactly the blind twin's.
+    assert train_vlm3r.main(common + ['--out', str(fused), '--lr', '0', '--min-lr', '0',
+                                      '--grounding', 'both',
+                                      '--init-llm-from', str(blind / 'release')]) == 0
+    tiny = get_profile('tiny')
+    source = load_vlm3r(blind / 'release' / 'base', blind / 'release' / 'adapter', profile=tiny)
+    started = load_vlm3r(fused / 'release' / 'base', fused / 'release' / 'adapter',
+                         profile=tiny)
+    want = source.net.language_model.state_dict()
+    got = started.net.language_model.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # keep 'best': the exported step is the first with the best validation score.
+    rows = [json.loads(line) for line in (fused / 'metrics.jsonl').read_text().splitlines()]
+    vals = [(r['val']['overall'], r['step']) for r in rows if 'val' in r]
+    best = max(v for v, _ in vals)
+    config = json.loads((fused / 'config.json').read_text())
+    assert config['exported_step'] == next(s for v, s in vals if v == best)
+    with pytest.raises(SystemExit):
+        train_vlm3r.main(common + ['--out', str(tmp_path / 'bad'), '--blind', '--keep', 'x'])
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_tune_with_averaged_gradients(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / 'ddp'
@@ -128,3 +173,30 @@ def test_two_gloo_processes_tune_with_averaged_gradients(data_dir: Path, tmp_pat
     rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert [r['step'] for r in rows if 'loss' in r] == [1, 2]  # rank 0 alone logs
     assert (out / 'release' / 'adapter').is_dir() and '2 process(es)' in proc.stdout
+
+
+def test_cached_vision_features_follow_the_tower(data_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from vlm3r_ros.models.vlm3r.vision import build_siglip
+    from vlm3r_ros.weights import CUT3R_SMALL
+    torch.set_num_threads(1)
+    tiny = get_profile('tiny')
+    torch.manual_seed(1)
+    first = build_siglip(tiny).state_dict()
+    torch.manual_seed(2)
+    second = build_siglip(tiny).state_dict()
+    assert qa_data.tower_digest(first) != qa_data.tower_digest(second)
+    built = qa_data.build_feature_cache(data_dir, 'val', tiny, first, CUT3R_SMALL, 4,
+                                        progress=False)
+    path = tmp_path / 'features-val-tiny.safetensors'
+    built.save(path, {'vision_sha256': qa_data.tower_digest(first)})
+    same = qa_data.cache_for_tower(path, data_dir, 'val', tiny, first)
+    assert torch.equal(same.vision, built.vision) and 'recomputing' not in capsys.readouterr().out
+    moved = qa_data.cache_for_tower(path, data_dir, 'val', tiny, second)
+    assert 'recomputing' in capsys.readouterr().out
+    fresh = qa_data.build_feature_cache(data_dir, 'val', tiny, second, CUT3R_SMALL, 4,
+                                        progress=False)
+    assert torch.allclose(moved.vision.float(), fresh.vision.float(), atol=1e-3)
+    assert not torch.allclose(moved.vision.float(), built.vision.float(), atol=1e-3)
+    assert torch.equal(moved.geometry, built.geometry)
+    assert qa_data.FeatureCache.metadata(path)['vision_sha256'] == qa_data.tower_digest(second)

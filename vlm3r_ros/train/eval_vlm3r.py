@@ -280,15 +280,17 @@ def main(argv: list[str] | None = None) -> int:
                                  margin=cfg.debias_margin, seed=cfg.seed)
     test = held['test']
     cache_path = Path(args.data) / 'features-test-tiny.safetensors'
-    if cache_path.is_file():
-        cache = qa_data.FeatureCache.load(cache_path)
+    tower = model.net.vision_tower.state_dict()
+    if cache_path.is_file():  # the features must be the served tower's
+        cache = qa_data.cache_for_tower(cache_path, args.data, 'test', model.profile, tower)
     else:
         from vlm3r_ros.weights import CUT3R_SMALL
         man = qa_data.manifest(args.data)
         cache = qa_data.build_feature_cache_parallel(
             args.data, 'test', model.profile, model.net.vision_tower.state_dict(),
             CUT3R_SMALL, int(man['qa_frames']), workers=args.workers)
-        cache.save(cache_path, {'cut3r': str(CUT3R_SMALL)})
+        cache.save(cache_path, {'cut3r': str(CUT3R_SMALL),
+                                'vision_sha256': qa_data.tower_digest(tower)})
     if args.max_scenes:
         keep = set(sorted(cache.seeds)[:args.max_scenes])
         test = [i for i in test if qa_data.scene_of(i) in keep]

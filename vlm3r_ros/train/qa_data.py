@@ -13,6 +13,7 @@ grounding aid). Items are QAItem JSON.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlm3r_ros.eval.qa import QAItem, sample_frame_indices
@@ -74,6 +76,62 @@ class FeatureCache:
         t = load_file(str(path))
         return cls([int(s) for s in t['seeds']], t['vision'], t['geometry'],
                    t['frame_indices'], t.get('presence'))
+
+    @staticmethod
+    def metadata(path: str | Path) -> dict[str, str]:
+        """Return the header strings `save` wrote (which towers made the cache)."""
+        with safe_open(str(path), framework='pt') as f:
+            return dict(f.metadata() or {})
+
+
+def tower_digest(state: dict[str, torch.Tensor]) -> str:
+    """Return the first 16 hex digits of a SHA-256 over a tower's tensors (names and values),
+    the key that tells whether cached features came from this tower."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().to('cpu', torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_for_tower(path: str | Path, root: str | Path, split: str, profile: Profile,
+                    vision_state: dict[str, torch.Tensor]) -> FeatureCache:
+    """Load the cache at ``path``, recomputing its vision features (and rewriting the file)
+    when another tower made them. Raises FileNotFoundError when there is no cache."""
+    cache = FeatureCache.load(path)
+    meta = FeatureCache.metadata(path)
+    digest = tower_digest(vision_state)
+    if meta.get('vision_sha256') != digest:
+        print(f'{Path(path).name}: vision features from another tower, recomputing them',
+              flush=True)
+        cache = refresh_vision(cache, root, split, profile, vision_state)
+        cache.save(path, {**meta, 'vision_sha256': digest})
+    return cache
+
+
+@torch.no_grad()
+def refresh_vision(cache: FeatureCache, root: str | Path, split: str, profile: Profile,
+                   vision_state: dict[str, torch.Tensor]) -> FeatureCache:
+    """Return ``cache`` with the vision features recomputed by another tower.
+
+    CUT3R tokens, frame choice and presence labels do not depend on the vision tower, so a
+    new tower only re-runs SigLIP on the cached frames (seconds per hundred scenes, against
+    minutes for the CUT3R streams). Raises KeyError when a cached scene is not in ``split``.
+    """
+    tower = build_siglip(profile)
+    tower.load_state_dict(vision_state)
+    tower.eval()
+    frames = load_split(root, split, 'frames')
+    rows_of = dict(iter_scene_frames(frames))
+    vision = []
+    for seed, picked in zip(cache.seeds, cache.frame_indices.tolist()):
+        rows = rows_of[seed]
+        images = np.stack([decode_rgb(frames[int(rows[i])]['rgb']) for i in picked])
+        pixels = preprocess_batch(torch.from_numpy(images), profile.vision_image_size,
+                                  profile.image_mean, profile.image_std, 'cpu', torch.float32)
+        vision.append(siglip_features(tower, pixels).half())
+    return FeatureCache(list(cache.seeds), torch.stack(vision), cache.geometry,
+                        cache.frame_indices, cache.presence)
 
 
 @torch.no_grad()

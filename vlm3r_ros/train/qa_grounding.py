@@ -24,6 +24,7 @@ from vlm3r_ros.eval.qa import QAItem
 from vlm3r_ros.eval.scenes import CATEGORIES
 
 TASK = 'object_presence'
+LIST_TASK = 'object_listing'
 BENCHMARK = 'training-aid'
 #: Category order of the presence table (``FeatureCache.presence`` columns).
 PRESENCE_CATEGORIES: tuple[str, ...] = tuple(sorted(CATEGORIES))
@@ -88,4 +89,29 @@ def presence_items(seeds: Sequence[int], presence: np.ndarray, seed: int = 0,
             options=[f'A. {texts[0]}', f'B. {texts[1]}'], answer=answer,
             answer_type='option', benchmark=BENCHMARK,
             answer_text='yes' if present else 'no', meta={'category': name}))
+    return items
+
+
+def listing_items(seeds: Sequence[int], presence: np.ndarray) -> list[QAItem]:
+    """Return one "which of these objects can be seen" item per scene (a text answer).
+
+    The question names every category whose presence is clear (PRESENT or ABSENT; unclear
+    ones are left out) and the answer lists the present ones in the question's order, or
+    'none'. One item carries a label per named category, where a yes/no item carries one:
+    the dense counterpart of `presence_items`, as captioning is for LLaVA's first stage.
+    """
+    items = []
+    for row, scene in enumerate(seeds):
+        named = [c for c in range(presence.shape[1]) if presence[row, c] in (PRESENT, ABSENT)]
+        if not named:
+            continue
+        seen = [PRESENCE_CATEGORIES[c] for c in named if presence[row, c] == PRESENT]
+        answer = ', '.join(seen) if seen else 'none'
+        names = ', '.join(PRESENCE_CATEGORIES[c] for c in named)
+        items.append(QAItem(
+            id=f's{scene}-{LIST_TASK}-0', task=LIST_TASK,
+            question=f'Which of these objects can be seen in these frames: {names}? '
+                     'Answer with the ones you see, in this order, or none.',
+            options=[], answer=answer, answer_type='text', benchmark=BENCHMARK,
+            answer_text=answer, meta={'present': seen}))
     return items

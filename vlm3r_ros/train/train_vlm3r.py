@@ -50,7 +50,7 @@ from vlm3r_ros.train.distributed import (average_gradients, barrier, rank0_decid
                                          setup_distributed, shutdown)
 from vlm3r_ros.train.lora_train import inject_lora, lora_pairs, remove_lora
 from vlm3r_ros.train.qa_debias import debias
-from vlm3r_ros.train.qa_grounding import presence_items
+from vlm3r_ros.train.qa_grounding import listing_items, presence_items
 from vlm3r_ros.weights import CUT3R_SMALL
 
 
@@ -65,6 +65,10 @@ class TrainConfig:
     cut3r: str = ''  # '' = the shipped small CUT3R (tiny); required for vlm3r-7b
     base_model_dir: str = ''  # vlm3r-7b: LLaVA-NeXT-Video base in the official layout
     lora_dir: str = ''  # vlm3r-7b: a VLM-3R release to start from (optional)
+    # A release directory (base/ + adapter/) whose LLM starts this run, e.g. the trained
+    # blind twin: the fused model then starts text-first, as VLM-3R starts from a pretrained
+    # LLM, and the multimodal tuning only has to add what the frames tell.
+    init_llm_from: str = ''
     blind: bool = False  # train without frames: the blind twin
     steps: int = 3000
     batch: int = 16
@@ -82,8 +86,13 @@ class TrainConfig:
     ground_share: float = 0.5
     ground_share_end: float = 0.1
     ground_fixed_order: bool = False  # grounding options always 'A. yes', 'B. no'
+    # Which grounding items train: 'yes_no' ("is there a X"), 'listing' ("which of these
+    # objects can be seen": a label per category in one item) or 'both'. Validation
+    # always scores the yes/no items (a direct "does it look" number).
+    grounding: str = 'yes_no'
     max_scenes: int = 0  # per split, 0 = all (smoke tests)
     eval_every: int = 500
+    keep: str = 'best'  # the release exported: 'best' validation step or 'last' step
     val_items: int = 400
     seed: int = 0
     device: str = 'cpu'
@@ -116,15 +125,23 @@ def grounding_share(cfg: TrainConfig, step: int) -> float:
 
 
 def grounding_items(cache: qa_data.FeatureCache | None, seed: int,
-                    fixed_order: bool = False) -> list[QAItem]:
-    """Return the grounding items of a cached split (none without presence labels)."""
+                    fixed_order: bool = False, kind: str = 'yes_no') -> list[QAItem]:
+    """Return the grounding items of a cached split (none without presence labels).
+
+    Raises ValueError for an unknown ``kind`` (see `TrainConfig.grounding`).
+    """
+    if kind not in ('yes_no', 'listing', 'both'):
+        raise ValueError(f"grounding must be 'yes_no', 'listing' or 'both', not {kind!r}")
     if cache is None or cache.presence is None:
         return []
-    return presence_items(cache.seeds, cache.presence.numpy(), seed, fixed_order)
+    presence = cache.presence.numpy()
+    items = [] if kind == 'listing' else presence_items(cache.seeds, presence, seed,
+                                                        fixed_order)
+    return items + ([] if kind == 'yes_no' else listing_items(cache.seeds, presence))
 
 
 def target_text(item: QAItem) -> str:
-    """Return the answer the model is taught: the option letter or the number as text."""
+    """Return the answer the model is taught: the option letter, or the number (or text)."""
     return str(item.answer) if item.answer_type == 'option' else item.answer_text
 
 
@@ -139,12 +156,27 @@ def build_model(cfg: TrainConfig) -> Vlm3rModel:
         model = Vlm3rModel.random(get_profile('tiny', device=cfg.device), seed=cfg.seed)
         if cfg.vision:
             model.net.vision_tower.load_state_dict(load_file(cfg.vision))
+        if cfg.init_llm_from:
+            init_llm(model, cfg.init_llm_from)
         return model
     if not cfg.base_model_dir:
         raise SystemExit(f'--base-model-dir is needed for profile {cfg.profile!r}')
     return Vlm3rModel.from_profile(cfg.profile, base_model_dir=cfg.base_model_dir,
                                    lora_dir=cfg.lora_dir or None, device=cfg.device,
                                    dtype='bfloat16' if cfg.device != 'cpu' else 'float32')
+
+
+def init_llm(model: Vlm3rModel, release: str | Path) -> None:
+    """Copy the LLM (embeddings, layers, lm_head) of a release directory into ``model``.
+
+    The release is read by the node's loader (`load_vlm3r`), so any directory it serves can
+    start a run. Raises CheckpointError when it does not load, RuntimeError when its LLM has
+    other shapes than ``model``'s.
+    """
+    from vlm3r_ros.models.vlm3r.checkpoint import load_vlm3r
+    root = Path(release)
+    source = load_vlm3r(root / 'base', root / 'adapter', profile=model.profile)
+    model.net.language_model.load_state_dict(source.net.language_model.state_dict())
 
 
 class Batcher:
@@ -275,10 +307,11 @@ def prepare_data(cfg: TrainConfig, model: Vlm3rModel, out: Path
     for split in ('train', 'val') + (('test',) if cfg.cache_only else ()):
         tag = f'-{cfg.max_scenes}' if cfg.max_scenes else ''
         path = Path(cfg.data) / f'features-{split}-{cfg.profile}{tag}.safetensors'
-        meta = {'vision': cfg.vision, 'cut3r': cfg.cut3r or str(CUT3R_SMALL),
-                'num_frames': str(man['qa_frames'])}
+        tower = model.net.vision_tower.state_dict()
+        meta = {'vision': cfg.vision, 'vision_sha256': qa_data.tower_digest(tower),
+                'cut3r': cfg.cut3r or str(CUT3R_SMALL), 'num_frames': str(man['qa_frames'])}
         if path.is_file():
-            cache = qa_data.FeatureCache.load(path)
+            cache = qa_data.cache_for_tower(path, cfg.data, split, model.profile, tower)
         else:
             cache = qa_data.build_feature_cache_parallel(
                 cfg.data, split, model.profile, model.net.vision_tower.state_dict(),
@@ -326,9 +359,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.cache_only:
         shutdown(world)
         return {}
+    if cfg.keep not in ('best', 'last'):
+        raise SystemExit(f"--keep must be 'best' or 'last', not {cfg.keep!r}")
     if cfg.batch % world:
         raise SystemExit(f'--batch {cfg.batch} must be a multiple of the {world} processes')
-    ground_train = grounding_items(train_cache, cfg.seed, cfg.ground_fixed_order)
+    try:
+        ground_train = grounding_items(train_cache, cfg.seed, cfg.ground_fixed_order,
+                                       cfg.grounding)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     ground_val = grounding_items(val_cache, cfg.seed + 1, cfg.ground_fixed_order)
     if grounding_share(cfg, 0) > 0 and not ground_train:
         raise SystemExit('ground_share > 0 needs a feature cache with presence labels '
@@ -342,6 +381,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             print(f'projector output scaled by {ratio:.4f} (visual tokens at the text '
                   'embeddings\' RMS)', flush=True)
     step, minutes = 0, 0.0
+    best: dict[str, Any] = {'val': -math.inf, 'step': 0}  # the exported release (keep best)
     ckpt_path = out / 'ckpt.pt'
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
@@ -349,6 +389,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             p.data.copy_(t)
         opt.load_state_dict(ckpt['optimizer'])
         step, minutes = int(ckpt['step']), float(ckpt['minutes'])
+        best = {'val': float(ckpt.get('best_val', -math.inf)),
+                'step': int(ckpt.get('best_step', 0))}
         print(f'resumed at step {step}', flush=True)
     # Per rank and per resumed step: a resume draws fresh batches, ranks draw different ones.
     rng = np.random.default_rng([cfg.seed, step, rank])
@@ -378,7 +420,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def save() -> None:
         torch.save({'params': [p.detach().cpu() for p in params],
                     'optimizer': opt.state_dict(), 'step': step,
-                    'minutes': (time.monotonic() - t0) / 60}, out / 'ckpt.tmp')
+                    'minutes': (time.monotonic() - t0) / 60,
+                    'best_val': best['val'], 'best_step': best['step']}, out / 'ckpt.tmp')
         (out / 'ckpt.tmp').replace(ckpt_path)
 
     while step < cfg.steps:
@@ -407,9 +450,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if ground_val:
                 metrics['grounding'] = evaluate_items(model, ground_val, val_cache).summary()[
                     'overall']
+            if cfg.keep == 'best' and metrics['overall'] > best['val']:
+                # Early stopping on the validation split (never the test split).
+                best = {'val': metrics['overall'], 'step': step}
+                export_release(model, wrapped, cfg, out / 'release')
             model.net.train()
             model.net.vision_tower.eval()
-            record({'step': step, 'val': metrics, 'minutes': round(elapsed, 2)})
+            record({'step': step, 'val': metrics, 'minutes': round(elapsed, 2),
+                    'best_step': best['step']})
             save()
         if last:
             break
@@ -417,9 +465,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.close()
     if lead:
         model.net.eval()
-        export_release(model, wrapped, cfg, out / 'release')
+        if cfg.keep == 'last' or not (out / 'release' / 'base').is_dir():
+            export_release(model, wrapped, cfg, out / 'release')
+            best = {'val': metrics.get('overall', math.nan), 'step': step}
         (out / 'config.json').write_text(json.dumps(dataclasses.asdict(cfg) | {
-            'world_size': world}, indent=1), encoding='utf8')
+            'world_size': world, 'exported_step': best['step'],
+            'exported_val': best['val']}, indent=1), encoding='utf8')
     barrier(world)
     shutdown(world)
     return metrics
