@@ -53,16 +53,13 @@ eval-geometry: dataset
 	$(RUN) vlm3r-eval-geometry --data $(GEOMETRY_DATA) --weights $(WEIGHTS) $(ARGS)
 
 # The training recipe of the shipped small fused VLM-3R (vlm3r_ros/weights/MODEL_CARD_VLM3R.md):
-# the QA dataset (train/val/test on disjoint seeds), dense vision pretraining, the frozen towers'
-# feature caches, then text first: the LLM is tuned on the question text alone (as VLM-3R starts
-# from a pretrained LLM), and from that LLM the fused model and its blind twin are tuned side by
-# side (one core each) for the same steps. Every run exports its best validation step. The release
+# the QA dataset (train/val/test on disjoint seeds), dense vision pretraining, instruction
+# tuning of the model and of its blind twin side by side (one core each), then the release
 # directories are copied into vlm3r_ros/weights. Every stage resumes after an interruption.
 VLM3R_DATA ?= data/vlm3r
-VLM3R_DATASET_ARGS ?= --train 800 --val 48 --test 200 --train-seconds 12 --eval-seconds 12 \
+VLM3R_DATASET_ARGS ?= --train 560 --val 16 --test 200 --train-seconds 12 --eval-seconds 12 \
   --qa-frames 8 --qa-per-task 12 --workers 2
-VLM3R_TEXT_ARGS ?= --steps 3000
-VLM3R_TUNE_ARGS ?= --steps 1500 --lr 3e-4 --min-lr 2e-5 --eval-every 250
+VLM3R_TRAIN_ARGS ?= --steps 3000 --cache-workers 2
 VLM3R_OUT ?= out/train_vlm3r
 VLM3R_WEIGHTS := vlm3r_ros/weights
 dataset-vlm3r: setup
@@ -73,12 +70,9 @@ pretrain-vision: dataset-vlm3r
 
 train: pretrain-vision
 	$(RUN) export OMP_NUM_THREADS=1 && \
-	  vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT) --cache-only --cache-workers 2 && \
-	  vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT)_text --blind $(VLM3R_TEXT_ARGS) && \
-	  (vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT) \
-	     --init-llm-from $(VLM3R_OUT)_text/release $(VLM3R_TUNE_ARGS) & \
-	   vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT)_blind --blind \
-	     --init-llm-from $(VLM3R_OUT)_text/release $(VLM3R_TUNE_ARGS) & \
+	  vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT) --cache-only $(VLM3R_TRAIN_ARGS) && \
+	  (vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT) $(VLM3R_TRAIN_ARGS) & \
+	   vlm3r-train --data $(VLM3R_DATA) --out $(VLM3R_OUT)_blind --blind $(VLM3R_TRAIN_ARGS) & \
 	   wait)
 	rm -rf $(VLM3R_WEIGHTS)/vlm3r_small $(VLM3R_WEIGHTS)/vlm3r_small_blind
 	cp -r $(VLM3R_OUT)/release $(VLM3R_WEIGHTS)/vlm3r_small

@@ -133,7 +133,7 @@ def test_fused_run_starts_from_the_blind_llm_and_exports_its_best_step(data_dir:
     torch.set_num_threads(1)
     common = ['--data', str(data_dir), '--vision', '', '--steps', '2', '--batch', '2',
               '--eval-every', '1', '--val-items', '4', '--log-every', '1',
-              '--warmup-steps', '1']
+              '--warmup-steps', '1', '--keep', 'best']
     blind, fused = tmp_path / 'blind', tmp_path / 'fused'
     assert train_vlm3r.main(common + ['--out', str(blind), '--blind']) == 0
     # lr 0: the fused run's LLM must stay exactly the blind twin's.

@@ -92,7 +92,7 @@ class TrainConfig:
     grounding: str = 'yes_no'
     max_scenes: int = 0  # per split, 0 = all (smoke tests)
     eval_every: int = 500
-    keep: str = 'best'  # the release exported: 'best' validation step or 'last' step
+    keep: str = 'last'  # the release exported: 'last' step or 'best' validation step
     val_items: int = 400
     seed: int = 0
     device: str = 'cpu'
