@@ -80,5 +80,10 @@ def test_live_changes_apply_and_bad_or_configure_time_ones_are_refused():
         node.trigger_activate()
         assert node.config.image_topic == new_topic
         assert node.engine.config.keyframe_budget == 4  # the live change survived
-        publish_frames(client, new_topic, 3)
-        assert wait_for(lambda: len(node.engine.buffer) == 3, 10)
+        # Sensor-data QoS is best effort: on a loaded machine a sample can drop, so publish
+        # again (later stamps) until three arrived on the new topic.
+        for attempt in range(3):
+            publish_frames(client, new_topic, 3, start_ns=(1 + 10 * attempt) * 1_000_000_000)
+            if wait_for(lambda: len(node.engine.buffer) >= 3, 5):
+                break
+        assert len(node.engine.buffer) >= 3

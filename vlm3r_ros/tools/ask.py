@@ -83,6 +83,10 @@ def _ask_streaming(args: argparse.Namespace, request: Any) -> tuple[Any, bool]:
 
     name = f'{args.node.rstrip("/")}/spatial_query_action'
     result = run_action_once(SpatialQueryAction, name, goal, args.timeout, on_feedback)
+    shown = ''.join(printed)
+    if result is not None and printed and result.answer.startswith(shown):
+        # A piece that arrived after the result is dropped by rclpy: print the tail from it.
+        sys.stdout.write(result.answer[len(shown):])
     return result, bool(printed)
 
 
