@@ -260,8 +260,8 @@ def _route_planning(ctx: Context, rng: np.random.Generator) -> list[Candidate]:
     return out
 
 
-def _appearance_order(ctx: Context, rng: np.random.Generator, min_gap_s: float = 1.0
-                      ) -> list[Candidate]:
+def _first_appearances(ctx: Context) -> tuple[dict[str, float], dict[str, int]]:
+    """Return each visible category's first time (s) and first frame index."""
     first: dict[str, float] = {}
     first_idx: dict[str, int] = {}
     for cat in ctx.scene.counts():
@@ -270,6 +270,29 @@ def _appearance_order(ctx: Context, rng: np.random.Generator, min_gap_s: float =
         if frames.size:
             first_idx[cat] = int(frames[0])
             first[cat] = float(ctx.traj.times[frames[0]])
+    return first, first_idx
+
+
+def _appearance_item(ctx: Context, rng: np.random.Generator, four: tuple[str, ...],
+                     first: dict[str, float], first_idx: dict[str, int]) -> Candidate:
+    """Return the appearance-order item of the categories ``four`` (3 wrong orders drawn)."""
+    order = sorted(four, key=lambda c: first[c])
+    correct = ', '.join(order)
+    perms = [', '.join(p) for p in itertools.permutations(order) if list(p) != order]
+    distract = [perms[i] for i in rng.permutation(len(perms))[:3]]
+    listed = [four[i] for i in rng.permutation(4)]
+    options, letter, _ = mc(correct, distract, rng)
+    return {'question': ('What will be the first-time appearance order of the following '
+                         f'categories in the video: {", ".join(listed)}?'),
+            'options': options, 'answer': letter, 'answer_text': correct,
+            'objects': [o.instance_id for c in four for o in ctx.scene.instances(c)],
+            'frames': [first_idx[c] for c in order],
+            'meta': {'first_seen_s': {c: first[c] for c in order}}}
+
+
+def _appearance_order(ctx: Context, rng: np.random.Generator, min_gap_s: float = 1.0
+                      ) -> list[Candidate]:
+    first, first_idx = _first_appearances(ctx)
     cats = sorted(first)
     out: list[Candidate] = []
     if len(cats) < 4:
@@ -283,18 +306,7 @@ def _appearance_order(ctx: Context, rng: np.random.Generator, min_gap_s: float =
         times = sorted(first[c] for c in four)
         if min(np.diff(times)) < min_gap_s:
             continue
-        order = sorted(four, key=lambda c: first[c])
-        correct = ', '.join(order)
-        perms = [', '.join(p) for p in itertools.permutations(order) if list(p) != order]
-        distract = [perms[i] for i in rng.permutation(len(perms))[:3]]
-        listed = [four[i] for i in rng.permutation(4)]
-        options, letter, _ = mc(correct, distract, rng)
-        out.append({'question': ('What will be the first-time appearance order of the following '
-                                 f'categories in the video: {", ".join(listed)}?'),
-                    'options': options, 'answer': letter, 'answer_text': correct,
-                    'objects': [o.instance_id for c in four for o in ctx.scene.instances(c)],
-                    'frames': [first_idx[c] for c in order],
-                    'meta': {'first_seen_s': {c: first[c] for c in order}}})
+        out.append(_appearance_item(ctx, rng, four, first, first_idx))
     return out
 
 
@@ -401,32 +413,14 @@ def _rel_direction_official(level: str, min_dist: float = 0.3, max_dist: float =
 
 def _appearance_order_official(ctx: Context, rng: np.random.Generator, margin_s: int = 1
                                ) -> list[Candidate]:
-    first: dict[str, float] = {}
-    first_idx: dict[str, int] = {}
-    for cat in ctx.scene.counts():
-        cols = [o.instance_id for o in ctx.scene.instances(cat)]
-        frames = np.nonzero(ctx.vis[:, cols].any(axis=1))[0]
-        if frames.size:
-            first_idx[cat] = int(frames[0])
-            first[cat] = float(ctx.traj.times[frames[0]])
+    first, first_idx = _first_appearances(ctx)
     seconds = {c: round(t) for c, t in first.items()}
     out: list[Candidate] = []
     for four in itertools.combinations(sorted(first), 4):
         if any(abs(seconds[x] - seconds[y]) <= margin_s
                for x, y in itertools.combinations(four, 2)):
             continue
-        order = sorted(four, key=lambda c: first[c])
-        correct = ', '.join(order)
-        perms = [', '.join(p) for p in itertools.permutations(order) if list(p) != order]
-        distract = [perms[i] for i in rng.permutation(len(perms))[:3]]
-        listed = [four[i] for i in rng.permutation(4)]
-        options, letter, _ = mc(correct, distract, rng)
-        out.append({'question': ('What will be the first-time appearance order of the following '
-                                 f'categories in the video: {", ".join(listed)}?'),
-                    'options': options, 'answer': letter, 'answer_text': correct,
-                    'objects': [o.instance_id for c in four for o in ctx.scene.instances(c)],
-                    'frames': [first_idx[c] for c in order],
-                    'meta': {'first_seen_s': {c: first[c] for c in order}}})
+        out.append(_appearance_item(ctx, rng, four, first, first_idx))
     return out
 
 
