@@ -21,10 +21,10 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm3r_ros.action import SpatialQuery as SpatialQueryAction
-from vlm3r_ros.node.ros_convert import stamp_to_ns
+from vlm3r_ros.node.ros_convert import query_from_msg
 from vlm3r_ros.pipeline.call_gate import CallGate
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError
-from vlm3r_ros.pipeline.requests import QueryResult, validate_query
+from vlm3r_ros.pipeline.requests import QueryResult
 
 # Feedback is one message per answer token: a deep reliable history so a client that
 # reads a little late still gets every piece (the client should subscribe as deep).
@@ -90,10 +90,7 @@ class QueryActionServer:
             return QueryResult(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
         goal = goal_handle.request
         try:
-            query = validate_query(
-                goal.question, list(goal.options), goal.answer_type,
-                (stamp_to_ns(goal.window_start), stamp_to_ns(goal.window_end)),
-                int(goal.keyframe_budget), max_question_chars=cfg.max_question_chars)
+            query = query_from_msg(goal, cfg.max_question_chars)
         except RequestError as exc:
             return QueryResult(exc.code, exc.message)
         events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()

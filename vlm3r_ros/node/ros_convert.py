@@ -18,7 +18,7 @@ from vlm3r_ros.ingest.image_codec import (
 from vlm3r_ros.pipeline.engine import EngineStatus
 from vlm3r_ros.pipeline.input_checks import MAX_POSITION_M, pose_matrix
 from vlm3r_ros.pipeline.input_monitor import InputReport
-from vlm3r_ros.pipeline.requests import RouteResult
+from vlm3r_ros.pipeline.requests import QueryRequest, RouteResult, validate_query
 
 NS = 1_000_000_000
 
@@ -26,6 +26,17 @@ NS = 1_000_000_000
 def stamp_to_ns(stamp: Time) -> int:
     """Return a ``builtin_interfaces/Time`` as integer nanoseconds."""
     return int(stamp.sec) * NS + int(stamp.nanosec)
+
+
+def query_from_msg(msg: Any, max_question_chars: int) -> QueryRequest:
+    """Return the validated question of a SpatialQuery request or action goal.
+
+    Raises RequestError (with its error code) for a question the node refuses.
+    """
+    return validate_query(
+        msg.question, list(msg.options), msg.answer_type,
+        (stamp_to_ns(msg.window_start), stamp_to_ns(msg.window_end)),
+        int(msg.keyframe_budget), max_question_chars=max_question_chars)
 
 
 def ns_to_stamp(ns: int) -> Time:

@@ -20,11 +20,10 @@ from std_srvs.srv import Trigger
 
 from vlm3r_ros.action import PlanRoute as PlanRouteAction
 from vlm3r_ros.node.query_action import QueryActionServer
-from vlm3r_ros.node.ros_convert import finite_or_nan, ns_to_stamp, route_to_path, stamp_to_ns
+from vlm3r_ros.node.ros_convert import finite_or_nan, ns_to_stamp, query_from_msg, route_to_path
 from vlm3r_ros.pipeline.call_gate import CallGate, Wait
 from vlm3r_ros.pipeline.errors import ErrorCode, RequestError, bound_message, echo
-from vlm3r_ros.pipeline.requests import (QueryResult, RouteResult, validate_query,
-                                         validate_route)
+from vlm3r_ros.pipeline.requests import QueryResult, RouteResult, validate_route
 from vlm3r_ros.pipeline.scene_memory import SceneNotReady
 from vlm3r_ros.pipeline.scene_store import SceneFileError
 from vlm3r_ros.srv import LoadScene, PlanRoute, SaveScene, SpatialQuery
@@ -186,10 +185,7 @@ class RequestServer:
         if engine is None or cfg is None:
             return QueryResult(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
         try:
-            query = validate_query(
-                request.question, list(request.options), request.answer_type,
-                (stamp_to_ns(request.window_start), stamp_to_ns(request.window_end)),
-                int(request.keyframe_budget), max_question_chars=cfg.max_question_chars)
+            query = query_from_msg(request, cfg.max_question_chars)
         except RequestError as exc:
             return QueryResult(exc.code, exc.message)
         return self._wait(engine.ask(query), 'query')  # type: ignore[return-value]
@@ -249,33 +245,34 @@ class RequestServer:
 
     def _on_save_scene(self, request: SaveScene.Request,
                        response: SaveScene.Response) -> SaveScene.Response:
-        started = time.monotonic()
-        engine = self._node.engine
-        try:
-            if engine is None:
-                raise RequestError(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
+        def save(engine: Any) -> Any:
             summary = engine.save_scene(self._scene_file(request.path))
-        except RequestError as exc:
-            return _fail(response, exc.code, exc.message, started)
-        except SceneFileError as exc:
-            return _fail(response, ErrorCode.INVALID_REQUEST, str(exc), started)
-        response.success, response.error_code = True, int(ErrorCode.OK)
-        response.message = bound_message(summary.message)
-        response.path, response.frames = summary.path, summary.frames
-        response.size_bytes = summary.nbytes
-        response.elapsed_s = time.monotonic() - started
-        return response
+            response.path, response.size_bytes = summary.path, summary.nbytes
+            return summary
+        return self._scene_call(response, save)
 
     def _on_load_scene(self, request: LoadScene.Request,
                        response: LoadScene.Response) -> LoadScene.Response:
+        def load(engine: Any) -> Any:
+            response.path = self._scene_file(request.path)
+            summary = engine.load_scene(response.path)
+            response.reused = summary.reused
+            self._node.get_logger().info(f'scene {response.path}: {summary.message}')
+            return summary
+        return self._scene_call(response, load)
+
+    def _scene_call(self, response: Any, run: Callable[[Any], Any]) -> Any:
+        """Fill a SaveScene/LoadScene ``response`` from ``run(engine)`` (a scene summary).
+
+        Every failure becomes an error code: no engine MODEL_NOT_READY, a scene that cannot
+        be used yet MODEL_NOT_READY, a bad path or file INVALID_REQUEST.
+        """
         started = time.monotonic()
         engine = self._node.engine
         try:
             if engine is None:
                 raise RequestError(ErrorCode.MODEL_NOT_READY, 'the node is not configured')
-            path = self._scene_file(request.path)
-            response.path = path
-            summary = engine.load_scene(path)
+            summary = run(engine)
         except RequestError as exc:
             return _fail(response, exc.code, exc.message, started)
         except SceneNotReady as exc:
@@ -284,9 +281,8 @@ class RequestServer:
             return _fail(response, ErrorCode.INVALID_REQUEST, str(exc), started)
         response.success, response.error_code = True, int(ErrorCode.OK)
         response.message = bound_message(summary.message)
-        response.frames, response.reused = summary.frames, summary.reused
+        response.frames = summary.frames
         response.elapsed_s = time.monotonic() - started
-        self._node.get_logger().info(f'scene {path}: {summary.message}')
         return response
 
     def _on_reset_scene(self, request: Trigger.Request,
