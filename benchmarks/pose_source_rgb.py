@@ -1,14 +1,23 @@
-"""Are the small CUT3R's poses better read from its pose head or from its two pointmaps?
+"""Where should the node's RGB-only poses come from: CUT3R's pose head or image tracks?
 
-    python -m benchmarks.pose_source_rgb --data data/geometry_eval --split val
+    python -m benchmarks.pose_source_rgb --data data/geometry --split val
 
-CUT3R predicts, per frame, points in its own camera (``pts_self``) and in the world
-(``pts_world``), and a camera pose from its pose head. The pose that maps the first
-pointmap onto the second (confidence-weighted Kabsch/Umeyama, rigid) is a second pose
-estimate, the way DUSt3R-style models read poses. This streams each sequence once, RGB
-only, and scores both against the true trajectory: ATE (m, no alignment, first camera's
-frame), consecutive-frame RPE (m, deg), and route success as ``vlm3r-eval-geometry``
-computes it. Settings are chosen on val; test is for reporting.
+Each sequence of the split streams once through the small CUT3R (RGB only, as the node
+runs it), and every pose source is scored against the true trajectory: ATE (m, no
+alignment, first camera's frame), consecutive-frame RPE (m, deg), route success and
+keyframe coverage as ``vlm3r-eval-geometry`` computes them (coverage at several
+selection voxel sizes). Sources:
+
+* ``pose head``: the encoder's own poses and world pointmaps (CUT3R as released);
+* ``pointmap fit``: the rigid transform from its own-view to its world pointmap
+  (confidence-weighted Umeyama), the way DUSt3R-style models read poses;
+* ``tracking``: the node's :class:`~vlm3r_ros.pipeline.rgb_odometry.TrackedStream`
+  (rotation from image tracks, translation from tracks + the encoder's depth) with the
+  camera's intrinsics (camera_info), ``tracking, rotation only``, and ``tracking, no
+  camera_info`` (intrinsics self-calibrated from the tracks);
+* ``still camera``: every pose the first (what a source that learnt nothing scores).
+
+Settings are chosen on val; test is for reporting.
 """
 from __future__ import annotations
 
@@ -21,9 +30,13 @@ import numpy as np
 
 from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
-from vlm3r_ros.train.eval_geometry import (load_sequences, pose_scores, prepare_truth,
-                                           route_successes)
+from vlm3r_ros.pipeline.rgb_odometry import OdometryConfig, TrackedStream
+from vlm3r_ros.pipeline.voxels import voxel_keys
+from vlm3r_ros.train.eval_geometry import (covered, load_sequences, pose_scores, prepare_truth,
+                                           route_successes, select_keyframes)
 from vlm3r_ros.weights import CUT3R_SMALL
+
+VOXELS = (0.1, 0.25, 0.5)
 
 
 def rigid_fit(src: np.ndarray, dst: np.ndarray, weights: np.ndarray,
@@ -48,12 +61,19 @@ def rigid_fit(src: np.ndarray, dst: np.ndarray, weights: np.ndarray,
     return out
 
 
+def place(pts_self: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Return (N, 3) own-view points placed in the world with ``pose``."""
+    pts = pts_self.reshape(-1, 3).astype(np.float64)
+    return pts @ pose[:3, :3].T + pose[:3, 3]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print and write each pose source's mean scores over the split's sequences."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--data', default='data/geometry_eval')
+    p.add_argument('--data', default='data/geometry')
     p.add_argument('--split', default='val', choices=('val', 'test'))
     p.add_argument('--limit', type=int, default=None)
+    p.add_argument('--budget', type=int, default=8, help='keyframe budget')
     p.add_argument('--weights', default=str(CUT3R_SMALL), help='CUT3R weights to measure')
     p.add_argument('--out', default='out/pose_source_rgb.json')
     args = p.parse_args(argv)
@@ -62,27 +82,46 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict[str, float]]] = {}
     started = time.monotonic()
     for seq in load_sequences(args.data, args.split, args.limit):
-        truth = prepare_truth(seq, size, 8, 10)
+        truth = prepare_truth(seq, size, args.budget, 10)
         stream = Cut3rStream(model, image_size=size, resize_mode='stretch')
-        head, fitted = [], []
-        for img in seq.images:
-            geo = stream.step(img)
-            head.append(geo.pose)
-            conf = np.minimum(geo.conf, geo.conf_self).reshape(-1).astype(np.float64)
-            fitted.append(rigid_fit(geo.pts_self.reshape(-1, 3).astype(np.float64),
-                                    geo.pts_world.reshape(-1, 3).astype(np.float64), conf))
-        for name, poses in (('pose head', np.stack(head)), ('pointmap fit', np.stack(fitted))):
+        geos = [stream.step(img) for img in seq.images]
+        fitted = [rigid_fit(g.pts_self.reshape(-1, 3).astype(np.float64),
+                            g.pts_world.reshape(-1, 3).astype(np.float64),
+                            np.minimum(g.conf, g.conf_self).reshape(-1).astype(np.float64))
+                  for g in geos]
+        sources = {'pose head': ([g.pose for g in geos], [g.pts_world for g in geos]),
+                   'pointmap fit': (fitted, [g.pts_world for g in geos]),
+                   'still camera': ([np.eye(4)] * len(geos),
+                                    [place(g.pts_self, np.eye(4)) for g in geos])}
+        for name, cfg, with_k in (
+                ('tracking', OdometryConfig(), True),
+                ('tracking, rotation only', OdometryConfig(translation=False), True),
+                ('tracking, no camera_info', OdometryConfig(), False)):
+            tracked = TrackedStream(Cut3rStream(model, image_size=size, resize_mode='stretch'), cfg)
+            out = [tracked.step(img, k if with_k else None) for img, k in zip(seq.images, seq.Ks)]
+            sources[name] = ([g.pose for g in out], [g.pts_world for g in out])
+        for name, (poses, world) in sources.items():
+            poses = np.stack(poses)
             scores = pose_scores(poses, truth.poses_rel)
             routes = route_successes(poses, seq.poses[0], seq.poses, (0.0, -1.0, 0.0),
                                      truth.goals)
-            rows.setdefault(name, []).append({**scores, 'route_success': float(np.mean(routes))})
+            row = {**scores, 'route_success': float(np.mean(routes))}
+            for vox in VOXELS:
+                keys = [voxel_keys(np.asarray(w).reshape(-1, 3), vox) for w in world]
+                row[f'coverage_{vox}'] = covered(truth.keys, select_keyframes(
+                    keys, args.budget)) / max(truth.reference_cover, 1)
+            row['uniform_coverage'] = truth.uniform_cover / max(truth.reference_cover, 1)
+            rows.setdefault(name, []).append(row)
+        print(f'sequence {seq.seed}: {time.monotonic() - started:.0f} s', flush=True)
     summary = {name: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
                for name, rs in rows.items()}
     for name, s in summary.items():
-        print(f'{name:14s} ' + '  '.join(f'{k} {v:.3f}' for k, v in s.items()))
+        print(f'{name:24s} ' + '  '.join(f'{k} {v:.3f}' for k, v in s.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'split': args.split, 'seconds': time.monotonic() - started,
+    out.write_text(json.dumps({'split': args.split, 'weights': str(args.weights),
+                               'sequences': len(next(iter(rows.values()))),
+                               'seconds': time.monotonic() - started,
                                'results': summary}, indent=2))
     return 0
 

@@ -83,6 +83,13 @@ SPECS: tuple[Spec, ...] = (
     Spec('points_source', 'geometry', 'World points for voxels and 3D position encoding: '
          'the encoder pointmap, or depth + camera_info + pose_topic.',
          choices=('geometry', 'depth')),
+    Spec('rgb_pose_source', 'auto', 'Camera poses when neither pose_topic nor TF gives them: '
+         "encoder: CUT3R's pose head and world pointmap; tracking: rotation from image "
+         "feature tracks, translation from the tracks and the encoder's depth, own-view "
+         'points placed with those poses (camera_info intrinsics when given, else fitted '
+         "to the encoder's pointmap); auto: tracking for tiny (its small CUT3R's pose head "
+         'does not track motion), encoder for vlm3r-7b.',
+         choices=('auto', 'encoder', 'tracking')),
     Spec('min_confidence', 0.0, 'Drop pointmap points below this confidence (0: keep all).',
          0.0, 1000.0),
     # Protocol
@@ -234,6 +241,7 @@ class NodeConfig:
     keyframe_voxel_size_m: float
     keyframe_selection: str
     points_source: str
+    rgb_pose_source: str
     min_confidence: float
     model_profile: str
     fusion: str
@@ -308,6 +316,7 @@ class NodeConfig:
             geometry_rate_hz=self.geometry_rate_hz, voxel_size_m=self.voxel_size_m,
             keyframe_voxel_size_m=self.keyframe_voxel_size_m,
             min_confidence=self.min_confidence, points_source=self.points_source,
+            rgb_pose_source=self.rgb_pose_source,
             keyframe_budget=self.keyframe_budget, coverage_ratio=self.coverage_ratio,
             selection=self.keyframe_selection, cache_mode=self.cache_mode,
             max_new_tokens=self.max_new_tokens, option_decoding=self.option_decoding,

@@ -37,6 +37,7 @@ from vlm3r_ros.pipeline.query_answering import QueryAnswering
 from vlm3r_ros.pipeline.reconstruction import (GeometryEvent, VoxelCloud, colored_voxels,
                                                 mean_confidence)
 from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
+from vlm3r_ros.pipeline.rgb_odometry import TrackedStream
 from vlm3r_ros.pipeline.route_planning import RoutePlanning
 from vlm3r_ros.pipeline.scene_memory import SceneMemory
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
@@ -215,12 +216,19 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
         with self._lock:
             self._bundle = bundle
             self._per_query_tokens = None
-            self._stream = bundle.new_geometry_stream()
+            self._stream = self._new_stream(bundle)
             self._model_state = ModelState.READY
         # Frames buffered while loading get geometry as the worker reaches them.
         latest = self.buffer.latest()
         if latest is not None:
             self._hand_to_geometry(latest)
+
+    def _new_stream(self, bundle: ModelBundle) -> GeometryStream:
+        """Return the live geometry stream: the encoder's, or with tracked poses."""
+        stream = bundle.new_geometry_stream()
+        if self.config.pose_source(bundle.profile) == 'tracking':
+            return TrackedStream(stream)  # type: ignore[return-value]
+        return stream
 
     def wait_loaded(self, timeout_s: float) -> bool:
         """Block until the load ends; return True when the model is READY."""
@@ -359,7 +367,9 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
 
     def _process_frame(self, record: FrameRecord, bundle: ModelBundle,
                        stream: GeometryStream) -> None:
-        geom = stream.step(record.image)
+        # camera_info intrinsics (when given) serve the tracked poses; the encoder alone
+        # ignores them without a pose (no ray map).
+        geom = stream.step(record.image, record.intrinsics)
         external = self.poses.lookup(record.stamp_ns)
         pose = external if external is not None else np.asarray(geom.pose, dtype=np.float64)
         points = self._world_points(record, geom, pose)

@@ -96,6 +96,10 @@ class EngineConfig:
     keyframe_voxel_size_m: float = 0.0
     min_confidence: float = 0.0
     points_source: str = 'geometry'  # 'geometry' (CUT3R pointmap) or 'depth'
+    # Poses when no odometry/TF gives them: 'encoder' (CUT3R's pose head), 'tracking'
+    # (image tracks + the encoder's depth: pipeline/rgb_odometry.py) or 'auto' (the
+    # profile's: tracking for tiny, whose small CUT3R's pose head does not track motion).
+    rgb_pose_source: str = 'auto'
     keyframe_budget: int = 32
     coverage_ratio: float = 0.95
     # 'coverage', 'uniform' (evenly spaced frames with geometry) or 'linspace' (the official
@@ -118,6 +122,12 @@ class EngineConfig:
     up_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
     reconstruction: bool = False  # keep coloured voxels per frame (cloud, free space)
 
+
+    def pose_source(self, profile: str) -> str:
+        """Return 'encoder' or 'tracking' for a model ``profile`` (resolving 'auto')."""
+        if self.rgb_pose_source != 'auto':
+            return self.rgb_pose_source
+        return 'tracking' if profile == 'tiny' else 'encoder'
 
     def coverage_voxel_m(self) -> float:
         """Return the voxel size of keyframe coverage (resolving 0 = auto)."""

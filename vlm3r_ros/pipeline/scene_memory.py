@@ -116,6 +116,8 @@ class SceneMemory:
                 'cache_mode': self.config.cache_mode,
                 'reconstruction': self.config.reconstruction,
                 'points_source': self.config.points_source,
+                'pose_source': self.config.pose_source(
+                    self._bundle.profile if self._bundle is not None else ''),
                 'min_confidence': self.config.min_confidence, 'graph': graph_settings}
 
     def load_scene(self: 'SpatialEngine', path: str,
@@ -211,7 +213,7 @@ class SceneMemory:
             return False, f'saved with another model ({", ".join(changed) or "unknown"} differ)'
         live = self._scene_settings({})
         for key in ('voxel_size_m', 'keyframe_voxel_m', 'cache_mode', 'points_source',
-                    'min_confidence'):
+                    'pose_source', 'min_confidence'):
             if scene.settings.get(key) != live[key]:
                 return False, f'{key} differs ({scene.settings.get(key)!r} vs {live[key]!r})'
         if live['reconstruction'] and not scene.settings.get('reconstruction'):

@@ -45,6 +45,7 @@ from vlm3r_ros.models.cut3r.preprocess import output_size
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.pipeline.coverage import CoverageIndex
 from vlm3r_ros.pipeline.engine import RGB_KEYFRAME_VOXEL_M
+from vlm3r_ros.pipeline.rgb_odometry import POSE_SOURCES, OdometryConfig, TrackedStream
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
 from vlm3r_ros.train.dataset import decode_depth, decode_rgb, iter_scene_frames, load_split
@@ -90,9 +91,19 @@ def load_sequences(root: str | Path, split: str, limit: int | None = None) -> li
     return out
 
 
-def predict_model(model: Cut3rModel, seq: Sequence3D) -> Prediction:
-    """Stream ``seq`` through the node's Cut3rStream (RGB only); return its predictions."""
-    stream = Cut3rStream(model, image_size=model.config.img_size, resize_mode='stretch')
+def predict_model(model: Cut3rModel, seq: Sequence3D, pose_source: str = 'encoder',
+                  odometry: OdometryConfig = OdometryConfig()) -> Prediction:
+    """Stream ``seq`` through the node's Cut3rStream (RGB only); return its predictions.
+
+    ``pose_source`` 'encoder' keeps CUT3R's poses and world pointmaps; 'tracking' wraps the
+    stream in the node's :class:`TrackedStream` (poses from image tracks and the encoder's
+    depth, intrinsics fitted to its pointmaps: no camera_info).
+    """
+    stream: Any = Cut3rStream(model, image_size=model.config.img_size, resize_mode='stretch')
+    if pose_source == 'tracking':
+        stream = TrackedStream(stream, odometry)
+    elif pose_source != 'encoder':
+        raise ValueError(f'pose_source must be one of {POSE_SOURCES}, got {pose_source!r}')
     depth, pts, poses = [], [], []
     for img in seq.images:
         geo = stream.step(img)
@@ -226,12 +237,13 @@ def prepare_truth(seq: Sequence3D, size: tuple[int, int], budget: int,
 
 def evaluate_method(name: str, predict: Callable[[Sequence3D], Prediction],
                     seqs: Sequence[Sequence3D], truths: Sequence[Truth],
-                    budget: int) -> dict[str, Any]:
-    """Return one method's scores over ``seqs`` (means over sequences)."""
+                    budget: int, keyframe_voxel_m: float = RGB_KEYFRAME_VOXEL_M) -> dict[str, Any]:
+    """Return one method's scores over ``seqs`` (means over sequences); keyframes are
+    chosen on its world pointmaps in ``keyframe_voxel_m`` voxels (the node's setting)."""
     rows = []
     for seq, truth in zip(seqs, truths):
         pred = predict(seq)
-        pred_keys = [voxel_keys(p.reshape(-1, 3), RGB_KEYFRAME_VOXEL_M) for p in pred.pts_world]
+        pred_keys = [voxel_keys(p.reshape(-1, 3), keyframe_voxel_m) for p in pred.pts_world]
         mine = covered(truth.keys, select_keyframes(pred_keys, budget))
         routes = route_successes(pred.poses, seq.poses[0], seq.poses, (0.0, -1.0, 0.0),
                                  truth.goals)

@@ -29,6 +29,7 @@ import torch
 
 from vlm3r_ros.models.cut3r.model import Cut3rModel
 from vlm3r_ros.models.cut3r.preprocess import (
+    ImageTransform,
     SizeSpec,
     pose_encoding_to_matrix,
     preprocess_image,
@@ -63,6 +64,8 @@ class FrameGeometry:
             first frame, which takes the learnt pose token; a ``'reference'`` reset does
             not restart the count).
         used_ray_map: whether known intrinsics + pose were fed as a ray map.
+        transform: the :class:`ImageTransform` from the source image's pixels to the
+            model input's (e.g. to read the pointmap at a source pixel).
     """
 
     pts_world: np.ndarray
@@ -74,6 +77,7 @@ class FrameGeometry:
     image_size: tuple[int, int]
     frame_index: int
     used_ray_map: bool
+    transform: Optional[ImageTransform] = None
 
 
 @runtime_checkable
@@ -261,6 +265,7 @@ class StreamBase:
             image_size=transform.out_size,
             frame_index=self._frame_index - 1,
             used_ray_map=rays is not None,
+            transform=transform,
         )
 
 

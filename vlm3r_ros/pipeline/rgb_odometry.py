@@ -1,0 +1,540 @@
+"""Camera poses from RGB alone: feature tracks for rotation, the encoder's depth for scale.
+
+The small CUT3R's pose head does not track motion (held out, its frame-to-frame rotation
+error is larger than that of a camera assumed not to move; see the geometry model card),
+while its per-frame depth is usable. :class:`RgbOdometry` therefore estimates the motion
+between consecutive frames geometrically:
+
+1. corners of the previous frame are tracked into the current one (pyramidal Lucas-Kanade
+   with a forward-backward check);
+2. the rotation is the one that best aligns the tracks' bearing vectors (2-point RANSAC
+   over Kabsch fits, refined on the inliers): exact for turning on the spot, where an
+   essential matrix is degenerate;
+3. unless the rotation alone explains the tracks (the camera only turned), the
+   translation is, with that rotation fixed, the linear least-squares solution that makes
+   the previous frame's tracked points (back-projected with the encoder's depth) reproject
+   onto their tracks (iteratively reweighted), so it is metric.
+
+:class:`TrackedStream` wraps a geometry stream (the node's CUT3R) and replaces each
+frame's pose by the tracked one and its world pointmap by the frame's own-view points
+placed with that pose; tokens, confidences and own-view points are the encoder's. It
+resets, exports and imports together with the wrapped stream. Pure NumPy/OpenCV: no ROS,
+no torch (the stream is duck-typed).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+from vlm3r_ros.models.cut3r.preprocess import ImageTransform  # NumPy only (no torch)
+
+
+#: Values of the engine's ``rgb_pose_source``.
+POSE_SOURCES = ('encoder', 'tracking')
+
+
+@dataclass(frozen=True)
+class OdometryConfig:
+    """Tracking and estimation settings (defaults chosen on the geometry val split)."""
+
+    max_width_px: int = 320  # frames are tracked at most this wide (K scaled with them)
+    max_corners: int = 500
+    corner_quality: float = 0.005
+    corner_min_distance_px: int = 5
+    window_px: int = 21
+    pyramid_levels: int = 4
+    max_forward_backward_px: float = 1.0
+    min_tracks: int = 8
+    min_translation_tracks: int = 30  # fewer tracks: rotation only
+    rotation_inlier_deg: float = 1.0
+    ransac_iterations: int = 64
+    max_residual_deg: float = 10.0  # tracks further off the rotation are outliers
+    # When the rotation alone explains the tracks to within this median residual, the
+    # camera only turned: no translation is estimated (it would only be depth noise).
+    turn_only_residual_deg: float = 0.3
+    translation: bool = True  # False: rotation only (the camera turns in place)
+    max_step_m: float = 1.0  # a larger frame-to-frame translation is a failure
+    seed: int = 0
+
+
+@dataclass
+class OdometryStep:
+    """One frame's result.
+
+    Attributes:
+        cam_to_world: (4, 4) pose in the world of the first frame since the last reset.
+        tracks: tracks that passed the forward-backward check (0 on a first frame).
+        inliers: tracks consistent with the estimated rotation.
+        tracked: False when the motion could not be estimated (first frame, too few
+            tracks): the camera is then assumed to have kept its last rotation and not
+            to have moved.
+    """
+
+    cam_to_world: np.ndarray
+    tracks: int
+    inliers: int
+    tracked: bool
+
+
+def kabsch_rotation(src: np.ndarray, dst: np.ndarray,
+                    weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Return the rotation R minimising ``sum w |dst - R src|^2`` for (N, 3) vectors."""
+    w = np.ones(len(src)) if weights is None else weights
+    u, _, vt = np.linalg.svd((src * w[:, None]).T @ dst)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+
+
+def ransac_rotation(r0: np.ndarray, r1: np.ndarray, inlier_deg: float, iterations: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return (R with r1 ~ R r0, inlier mask) for (N >= 2, 3) unit bearings: 2-point
+    RANSAC over Kabsch fits, refined on the inliers."""
+    cos_thr = np.cos(np.radians(inlier_deg))
+    best = np.zeros(len(r0), dtype=bool)
+    for _ in range(iterations):
+        i = rng.choice(len(r0), 2, replace=False)
+        inl = np.sum(r1 * (r0 @ kabsch_rotation(r0[i], r1[i]).T), axis=1) > cos_thr
+        if inl.sum() > best.sum():
+            best = inl
+    if best.sum() < 2:
+        best[:] = True
+    return kabsch_rotation(r0[best], r1[best]), best
+
+
+def focal_scale(pairs: list[tuple[np.ndarray, np.ndarray]], k: np.ndarray,
+                scales: Optional[np.ndarray] = None, seed: int = 0) -> float:
+    """Return the factor on ``k``'s focal lengths under which tracks fit rotations best.
+
+    Each pair ``(u0, u1)`` of (N, 2) tracked pixels is fitted by a rotation (2-point
+    RANSAC) with the scaled intrinsics; the score is the mean over pairs of the median
+    reprojection residual (px). A turning camera's tracks only fit a rotation for the
+    right focal length, so this calibrates a camera without camera_info (pairs with much
+    parallax add noise, not bias). ``scales`` defaults to 23 steps from 0.6 to 1.7.
+    """
+    if scales is None:
+        scales = np.exp(np.linspace(np.log(0.6), np.log(1.7), 23))
+    scores = []
+    for a in scales:
+        ka = np.asarray(k, dtype=np.float64).copy()
+        ka[0, 0] *= a
+        ka[1, 1] *= a
+        ki = np.linalg.inv(ka)
+        rng = np.random.default_rng(seed)  # the same samples for every scale
+        residuals = []
+        for u0, u1 in pairs:
+            r0 = _unit(np.c_[u0, np.ones(len(u0))] @ ki.T)
+            r1 = _unit(np.c_[u1, np.ones(len(u1))] @ ki.T)
+            rot, _ = ransac_rotation(r0, r1, 1.0, 32, rng)
+            proj = (r0 @ rot.T) @ ka.T
+            residuals.append(np.median(np.linalg.norm(proj[:, :2] / proj[:, 2:] - u1, axis=1)))
+        scores.append(float(np.mean(residuals)))
+    return float(scales[int(np.argmin(scores))])
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """Return the (N, 3, 3) cross-product matrices of (N, 3) vectors."""
+    out = np.zeros(v.shape[:-1] + (3, 3))
+    out[..., 0, 1], out[..., 0, 2] = -v[..., 2], v[..., 1]
+    out[..., 1, 0], out[..., 1, 2] = v[..., 2], -v[..., 0]
+    out[..., 2, 0], out[..., 2, 1] = -v[..., 1], v[..., 0]
+    return out
+
+
+def intrinsics_from_pointmap(pts_self: np.ndarray) -> Optional[np.ndarray]:
+    """Return the pinhole K (model-input pixels) that best explains an own-view pointmap.
+
+    Fits ``u = fx X/Z + cx`` and ``v = fy Y/Z + cy`` by least squares over the pixels
+    with positive depth; None when fewer than 16 such pixels or a non-positive focal.
+    """
+    h, w = pts_self.shape[:2]
+    z = pts_self[..., 2]
+    ok = np.isfinite(pts_self).all(axis=-1) & (z > 1e-3)
+    if ok.sum() < 16:
+        return None
+    v, u = np.mgrid[0:h, 0:w]
+    k = np.eye(3)
+    for axis, coord in ((0, u), (1, v)):
+        ratio = pts_self[..., axis][ok] / z[ok]
+        a = np.stack([ratio, np.ones_like(ratio)], axis=1)
+        (f, c), *_ = np.linalg.lstsq(a, coord[ok].astype(np.float64), rcond=None)
+        if not f > 0:
+            return None
+        k[axis, axis], k[axis, 2] = f, c
+    return k
+
+
+def source_intrinsics(k_model: np.ndarray, transform: Any) -> np.ndarray:
+    """Invert :meth:`ImageTransform.apply_to_intrinsics`: model-input K -> source K."""
+    (sx, sy), (ox, oy) = transform.scale, transform.offset
+    k = np.asarray(k_model, dtype=np.float64).copy()
+    k[0, 0], k[0, 1], k[1, 1] = k[0, 0] / sx, k[0, 1] / sx, k[1, 1] / sy
+    k[0, 2] = (k_model[0, 2] + 0.5 + ox) / sx - 0.5
+    k[1, 2] = (k_model[1, 2] + 0.5 + oy) / sy - 0.5
+    return k
+
+
+class RgbOdometry:
+    """Frame-to-frame camera motion from RGB tracks, with metric scale from a depth map.
+
+    Not thread-safe: drive it from one worker thread, frame by frame in time order.
+    """
+
+    def __init__(self, config: OdometryConfig = OdometryConfig()) -> None:
+        """Start a new sequence with ``config``."""
+        self.config = config
+        self.count = 0  # frames since the reset (seeds each frame's RANSAC: reproducible)
+        self.pose = np.eye(4)
+        self.lost = 0  # frames whose motion could not be estimated since the reset
+        self._prev: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, Any]] = None
+        # The last estimated rotation: it seeds the tracker (fast turns move the image
+        # further than Lucas-Kanade reaches) and stands in for a frame that fails.
+        self._last_rotation = np.eye(3)
+        # (u0, u1, K) of the last tracked pair, in tracked-image pixels (for calibration).
+        self.last_tracks: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+
+    def reset(self, pose: Optional[np.ndarray] = None) -> None:
+        """Forget the previous frame; the next one is at ``pose`` (identity by default)."""
+        self.pose = np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64).copy()
+        self._prev = None
+        self._last_rotation = np.eye(3)
+        self.last_tracks = None
+        self.lost = 0
+        self.count = 0
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Return everything the next step depends on, as plain arrays.
+
+        Keys: ``pose``, ``last_rotation``, ``counts`` ([frames, lost]) and, after a frame,
+        ``prev_gray``, ``prev_k``, ``prev_depth`` and ``prev_map`` (the previous frame's
+        pixel mapping: sx, sy, ox, oy, h, w, tracking scale).
+        """
+        out = {'pose': self.pose.copy(), 'last_rotation': self._last_rotation.copy(),
+               'counts': np.array([self.count, self.lost], np.int64)}
+        if self._prev is not None:
+            gray, k, depth, (transform, scale) = self._prev
+            out.update(prev_gray=gray.copy(), prev_k=k.copy(),
+                       prev_depth=depth.astype(np.float32),
+                       prev_map=np.array([*transform.scale, *transform.offset,
+                                          *transform.out_size, scale], np.float64))
+        return out
+
+    def import_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue exactly from :meth:`export_state` output.
+
+        Raises:
+            ValueError: for a missing or malformed array (the odometry is then reset).
+        """
+        shapes = {'pose': (4, 4), 'last_rotation': (3, 3), 'counts': (2,), 'prev_k': (3, 3),
+                  'prev_map': (7,)}
+        try:
+            for key, shape in shapes.items():
+                if key in arrays and np.shape(arrays[key]) != shape:
+                    raise ValueError(f'odometry {key} must have shape {shape}')
+            for key, value in arrays.items():
+                if np.asarray(value).dtype.kind == 'f' and not np.isfinite(value).all():
+                    raise ValueError(f'odometry {key} has non-finite values')
+            self.reset(np.asarray(arrays['pose'], dtype=np.float64))
+            self._last_rotation = np.asarray(arrays['last_rotation'], dtype=np.float64).copy()
+            self.count, self.lost = (int(v) for v in np.asarray(arrays['counts']))
+            if 'prev_gray' in arrays:
+                gray = np.asarray(arrays['prev_gray'])
+                depth = np.asarray(arrays['prev_depth'], dtype=np.float64)
+                if gray.dtype != np.uint8 or gray.ndim != 2 or depth.ndim != 2:
+                    raise ValueError('odometry prev_gray/prev_depth must be 2-D (gray uint8)')
+                sx, sy, ox, oy, h, w, scale = (float(v) for v in arrays['prev_map'])
+                transform = ImageTransform((sx, sy), (ox, oy), (int(h), int(w)))
+                self._prev = (gray.copy(), np.asarray(arrays['prev_k'], dtype=np.float64).copy(),
+                              depth.copy(), (transform, scale))
+        except (KeyError, ValueError) as exc:
+            self.reset()
+            raise ValueError(f'bad odometry state: {exc}') from None
+
+    def step(self, image: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray,
+             transform: Any) -> OdometryStep:
+        """Add one frame; return its pose.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            depth: (h, w) z-depth in metres at the model input (the encoder's own view).
+            intrinsics: (3, 3) intrinsics of ``image`` in its pixels.
+            transform: the frame's :class:`ImageTransform` (source -> model input pixels),
+                used to read ``depth`` at a source pixel.
+
+        Raises:
+            ValueError: for an image that is not (H, W, 3) uint8 or a depth not 2-D.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f'image must be HxWx3 uint8, got {image.shape} {image.dtype}')
+        if depth.ndim != 2:
+            raise ValueError(f'depth must be 2-D, got {depth.shape}')
+        gray, k = self._gray(image, intrinsics)
+        tracks = inliers = 0
+        tracked = False
+        self.last_tracks = None
+        self.count += 1
+        if self._prev is not None:
+            motion, tracks, inliers = self._motion(gray, k)
+            if motion is not None:
+                tracked = True
+                self._last_rotation = motion[:3, :3]
+            else:
+                self.lost += 1
+                motion = np.eye(4)
+                motion[:3, :3] = self._last_rotation  # keep turning as before
+            self.pose = self.pose @ np.linalg.inv(motion)
+        scale = gray.shape[1] / image.shape[1]
+        self._prev = (gray, k, np.asarray(depth, dtype=np.float64), (transform, scale))
+        return OdometryStep(self.pose.copy(), tracks, inliers, tracked)
+
+    # ------------------------------------------------------------------ internals
+    def _gray(self, image: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        k = np.asarray(intrinsics, dtype=np.float64).copy()
+        width = image.shape[1]
+        if width > self.config.max_width_px:
+            s = self.config.max_width_px / width
+            gray = cv2.resize(gray, (self.config.max_width_px, max(1, round(image.shape[0] * s))),
+                              interpolation=cv2.INTER_AREA)
+            k[:2] *= s
+            k[0, 2] = (intrinsics[0, 2] + 0.5) * s - 0.5
+            k[1, 2] = (intrinsics[1, 2] + 0.5) * s - 0.5
+        return gray, k
+
+    def _tracks(self, prev: np.ndarray, cur: np.ndarray, prev_k: np.ndarray, k: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Return matched (N, 2) pixel positions in the previous and current frame.
+
+        The search starts where the last rotation would move each corner.
+        """
+        c = self.config
+        p0 = cv2.goodFeaturesToTrack(prev, c.max_corners, c.corner_quality,
+                                     c.corner_min_distance_px)
+        if p0 is None or len(p0) < c.min_tracks:
+            return np.zeros((0, 2)), np.zeros((0, 2))
+        rays = np.c_[p0[:, 0].astype(np.float64), np.ones(len(p0))] @ np.linalg.inv(prev_k).T
+        moved = rays @ (k @ self._last_rotation).T
+        guess = p0.copy()
+        front = moved[:, 2] > 1e-6
+        guess[front, 0] = (moved[front, :2] / moved[front, 2:]).astype(np.float32)
+        lk = dict(winSize=(c.window_px, c.window_px), maxLevel=c.pyramid_levels)
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, guess.astype(np.float32),
+                                              flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **lk)
+        ok = ((st1[:, 0] == 1) & (st2[:, 0] == 1)
+              & (np.linalg.norm((back - p0)[:, 0], axis=1) < c.max_forward_backward_px))
+        return p0[ok, 0].astype(np.float64), p1[ok, 0].astype(np.float64)
+
+    def _motion(self, gray: np.ndarray, k: np.ndarray
+                ) -> tuple[Optional[np.ndarray], int, int]:
+        """Return (4x4 motion mapping previous-camera to current-camera coordinates or
+        None, tracks, rotation inliers)."""
+        c = self.config
+        prev_gray, prev_k, prev_depth, (prev_transform, prev_scale) = self._prev  # type: ignore[misc]
+        u0, u1 = self._tracks(prev_gray, gray, prev_k, k)
+        self.last_tracks = (u0, u1, k)
+        if len(u0) < c.min_tracks:
+            return None, len(u0), 0
+        b0 = np.c_[u0, np.ones(len(u0))] @ np.linalg.inv(prev_k).T
+        r0 = _unit(b0)
+        r1 = _unit(np.c_[u1, np.ones(len(u1))] @ np.linalg.inv(k).T)
+        rng = np.random.default_rng([c.seed, self.count])
+        rot, inl = ransac_rotation(r0, r1, c.rotation_inlier_deg, c.ransac_iterations, rng)
+        motion = np.eye(4)
+        motion[:3, :3] = rot
+        if not c.translation:
+            return motion, len(u0), int(inl.sum())
+        # Depth of the previous frame at each track (model-input pixel of the source pixel).
+        (sx, sy), (ox, oy) = prev_transform.scale, prev_transform.offset
+        src = (u0 + 0.5) / prev_scale - 0.5
+        mx = np.rint((src[:, 0] + 0.5) * sx - 0.5 - ox).astype(np.int64)
+        my = np.rint((src[:, 1] + 0.5) * sy - 0.5 - oy).astype(np.int64)
+        h, w = prev_depth.shape
+        inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
+        z = np.zeros(len(u0))
+        z[inside] = prev_depth[my[inside], mx[inside]]
+        angle = np.degrees(np.arccos(np.clip(np.sum(r1 * (r0 @ rot.T), axis=1), -1.0, 1.0)))
+        use = (angle < c.max_residual_deg) & (z > 0) & np.isfinite(z)
+        if use.sum() < c.min_translation_tracks or np.median(angle[angle < c.max_residual_deg]) < \
+                c.turn_only_residual_deg:
+            return motion, len(u0), int(inl.sum())  # rotation only
+        rotated = (b0[use] * z[use, None]) @ rot.T
+        bearings = r1[use]
+        # r1 x (R X0 + t) = 0  ->  [r1]x t = -r1 x (R X0), reweighted against outliers.
+        a, rhs = _skew(bearings), -np.cross(bearings, rotated)
+        weights = np.ones(len(bearings))
+        t = np.zeros(3)
+        for _ in range(5):
+            t = np.linalg.lstsq((a * weights[:, None, None]).reshape(-1, 3),
+                                (rhs * weights[:, None]).reshape(-1), rcond=None)[0]
+            moved = rotated + t
+            res = np.linalg.norm(np.cross(bearings, moved), axis=1) / np.maximum(
+                np.linalg.norm(moved, axis=1), 1e-9)
+            scale = max(3.0 * float(np.median(res)), 1e-4)
+            weights = 1.0 / np.maximum(res / scale, 1.0)
+        if not np.isfinite(t).all() or np.linalg.norm(t) > c.max_step_m:
+            return None, len(u0), int(inl.sum())
+        motion[:3, 3] = t
+        return motion, len(u0), int(inl.sum())
+
+
+#: Informative frame pairs (turns of a few pixels, enough tracks) collected before the
+#: focal length of a camera without camera_info is calibrated.
+CALIBRATION_PAIRS = 12
+
+
+class TrackedStream:
+    """A geometry stream whose poses come from :class:`RgbOdometry`.
+
+    Each step runs the wrapped stream (tokens, confidences and own-view points are its
+    own), estimates the camera motion from the image tracks and the encoder's depth, and
+    returns the frame's geometry with ``pose`` replaced by the tracked pose and
+    ``pts_world`` by ``pts_self`` placed with it. Intrinsics given to :meth:`step` (the
+    camera_info) are used for tracking. Without them, RGB alone is enough: the principal
+    point and a first focal length are fitted to the encoder's own-view pointmap (whose
+    focal length barely follows the lens: the small CUT3R cannot see the field of view),
+    and once :data:`CALIBRATION_PAIRS` informative frame pairs were tracked the focal
+    length is calibrated on them (:func:`focal_scale`) and kept.
+    """
+
+    def __init__(self, inner: Any, config: OdometryConfig = OdometryConfig()) -> None:
+        """Wrap ``inner`` (a Cut3rStream or OnnxCut3rStream)."""
+        self.inner = inner
+        self.odometry = RgbOdometry(config)
+        self._k_model: Optional[np.ndarray] = None  # running mean of fitted intrinsics
+        self._k_count = 0
+        self._focal_scale: Optional[float] = None  # calibrated factor on the fitted focal
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pairs_k: Optional[np.ndarray] = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (frame_index, supports_ray_map, image_size, ...) is the stream's.
+        return getattr(self.inner, name)
+
+    @property
+    def focal_scale(self) -> Optional[float]:
+        """Return the calibrated factor on the pointmap-fitted focal length (None: not yet)."""
+        return self._focal_scale
+
+    def reset(self, mode: str = 'new_sequence') -> None:
+        """Reset the wrapped stream (its modes); a new sequence, which restarts the
+        stream's frame count, also restarts the odometry and the calibration."""
+        self.inner.reset(mode)
+        if self.inner.frame_index == 0:
+            self.odometry.reset()
+            self._k_model, self._k_count = None, 0
+            self._focal_scale, self._pairs, self._pairs_k = None, [], None
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Return the wrapped stream's state plus the odometry's (``odometry_*`` keys:
+        its pose, previous frame and calibration), so a restored stream continues
+        exactly."""
+        out = dict(self.inner.export_state())
+        out.update({f'odometry_{k}': v for k, v in self.odometry.export_state().items()})
+        if self._k_model is not None:
+            out['odometry_k_model'] = self._k_model.astype(np.float64)
+            out['odometry_k_count'] = np.array([self._k_count], np.int64)
+        if self._focal_scale is not None:
+            out['odometry_focal_scale'] = np.array([self._focal_scale], np.float64)
+        return out
+
+    def import_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`export_state` output. A state without odometry keys (saved
+        by an encoder-posed stream) restarts the odometry at the identity.
+
+        Raises:
+            ValueError: as the wrapped stream's ``import_state``, or for odometry arrays
+                of the wrong shape or with non-finite values.
+        """
+        for key, shape in (('odometry_k_model', (3, 3)), ('odometry_k_count', (1,)),
+                           ('odometry_focal_scale', (1,))):
+            value = arrays.get(key)
+            if value is not None and (np.shape(value) != shape or not np.isfinite(value).all()):
+                raise ValueError(f'{key} must be a finite array of shape {shape}')
+        odometry = {key[len('odometry_'):]: v for key, v in arrays.items()
+                    if key.startswith('odometry_') and not key.startswith(('odometry_k_',
+                                                                           'odometry_focal'))}
+        inner = {key: v for key, v in arrays.items() if not key.startswith('odometry_')}
+        self.inner.import_state(inner)
+        if 'pose' in odometry:
+            self.odometry.import_state(odometry)
+        else:
+            self.odometry.reset()
+        k, scale = arrays.get('odometry_k_model'), arrays.get('odometry_focal_scale')
+        self._k_model = None if k is None else np.asarray(k, dtype=np.float64).copy()
+        self._k_count = 0 if k is None else max(1, int(np.asarray(
+            arrays.get('odometry_k_count', [1]))[0]))
+        self._focal_scale = None if scale is None else float(np.asarray(scale)[0])
+        self._pairs, self._pairs_k = [], None
+
+    def step(self, image: np.ndarray, intrinsics: Optional[np.ndarray] = None,
+             cam_to_world: Optional[np.ndarray] = None, update: bool = True) -> Any:
+        """Process one frame (arguments as the wrapped stream's ``step``).
+
+        Returns:
+            The encoder's ``FrameGeometry`` with the tracked ``pose`` and
+            ``pts_world`` = ``pts_self`` placed with it.
+
+        Raises:
+            ValueError: as the wrapped stream's ``step``.
+        """
+        geo = self.inner.step(image, intrinsics, cam_to_world, update)
+        if geo.transform is None:
+            return geo  # cannot map pixels to the pointmap: keep the encoder's poses
+        pts_self = np.asarray(geo.pts_self, dtype=np.float64)
+        calibrating = intrinsics is None and self._focal_scale is None
+        if intrinsics is not None:
+            k_src = np.asarray(intrinsics, dtype=np.float64)
+        else:
+            k_src = self._fitted_intrinsics(pts_self, geo.transform)
+            if k_src is None:
+                return geo
+        result = self.odometry.step(image, pts_self[..., 2], k_src, geo.transform)
+        if calibrating:
+            self._calibrate()
+        pose = result.cam_to_world
+        world = (pts_self @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
+        return dataclasses.replace(geo, pose=pose, pts_world=world)
+
+    def _fitted_intrinsics(self, pts_self: np.ndarray, transform: Any) -> Optional[np.ndarray]:
+        """Return source-image intrinsics from the pointmaps (and the calibrated focal)."""
+        if self._focal_scale is None or self._k_model is None:
+            fitted = intrinsics_from_pointmap(pts_self)
+            if fitted is not None:
+                n = self._k_count
+                self._k_model = fitted if self._k_model is None else (
+                    self._k_model * n + fitted) / (n + 1)
+                self._k_count = n + 1
+        if self._k_model is None:
+            return None
+        k = source_intrinsics(self._k_model, transform)
+        if self._focal_scale is not None:
+            k[0, 0] *= self._focal_scale
+            k[1, 1] *= self._focal_scale
+        return k
+
+    def _calibrate(self) -> None:
+        """Collect the last tracked pair if informative; calibrate once enough are in."""
+        tracks = self.odometry.last_tracks
+        if tracks is None:
+            return
+        u0, u1, k = tracks
+        if len(u0) < 30 or np.median(np.linalg.norm(u1 - u0, axis=1)) < 3.0:
+            return  # too few tracks, or the image barely moved
+        if self._pairs_k is None:
+            self._pairs_k = k
+        # Pixels of another tracking resolution would not fit the reference K.
+        if k.shape == self._pairs_k.shape and np.allclose(k[:2, 2], self._pairs_k[:2, 2], atol=2):
+            self._pairs.append((u0, u1))
+        if len(self._pairs) >= CALIBRATION_PAIRS:
+            # The factor found for the first pair's K, expressed on the current fit.
+            self._focal_scale = (focal_scale(self._pairs, self._pairs_k)
+                                 * self._pairs_k[0, 0] / k[0, 0])
+            self._pairs, self._pairs_k = [], None
