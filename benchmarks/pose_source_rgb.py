@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--limit', type=int, default=None)
     p.add_argument('--budget', type=int, default=8, help='keyframe budget')
     p.add_argument('--weights', default=str(CUT3R_SMALL), help='CUT3R weights to measure')
+    p.add_argument('--only', default='', help="';'-separated tracking variants to run "
+                   '(default: every source but the turn-gate settings)')
     p.add_argument('--out', default='out/pose_source_rgb.json')
     args = p.parse_args(argv)
     model = load_cut3r(args.weights)
@@ -96,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, cfg, with_k in (
                 ('tracking', OdometryConfig(), True),
                 ('tracking, rotation only', OdometryConfig(translation=False), True),
-                ('tracking, no camera_info', OdometryConfig(), False)):
+                ('tracking, no camera_info', OdometryConfig(), False),
+                ('tracking, turn gate 0.15 deg',
+                 OdometryConfig(turn_only_residual_deg=0.15), True),
+                ('tracking, no turn gate', OdometryConfig(turn_only_residual_deg=0.0), True)):
+            if (args.only and name not in args.only.split(';')) or (
+                    not args.only and 'gate' in name):
+                continue
             tracked = TrackedStream(Cut3rStream(model, image_size=size, resize_mode='stretch'), cfg)
             out = [tracked.step(img, k if with_k else None) for img, k in zip(seq.images, seq.Ks)]
             sources[name] = ([g.pose for g in out], [g.pts_world for g in out])

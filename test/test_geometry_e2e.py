@@ -77,6 +77,7 @@ def test_rgb_only_keyframes_and_trajectory_come_from_trained_geometry(held_out):
     points = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z]
                        for p in paths[-1].poses])
     check = check_trajectory(points, spec.trajectory.poses)
+    print(f'trajectory: {check}')
     assert check.points >= 3
     assert check.mean_deviation_m <= 1.5, check
 

@@ -224,6 +224,8 @@ def diagnostics(status: EngineStatus, stream_state: str, input_desc: str, node_n
                     _kv('keyframes', status.keyframe_count),
                     _kv('coverage', f'{status.keyframe_coverage:.3f}'),
                     _kv('queued_requests', status.queued_requests),
+                    _kv('pose_source', status.pose_source),
+                    _kv('tracking_lost_frames', status.tracking_lost),
                     _kv('last_error', status.last_error)]
     array.status = [stream, model]
     return array

@@ -582,6 +582,10 @@ class SpatialEngine(QueryAnswering, RoutePlanning, SceneMemory):
                 queued_requests=self._jobs.qsize(),
                 requests_answered=self._answered,
                 last_error=self._last_error,
+                pose_source=(self.config.pose_source(self._bundle.profile)
+                             if self._bundle else ''),
+                tracking_lost=(self._stream.odometry.lost
+                               if isinstance(self._stream, TrackedStream) else 0),
             )
 
 

@@ -157,3 +157,7 @@ class EngineStatus:
     queued_requests: int
     requests_answered: int
     last_error: str
+    # Where RGB-only poses come from ('encoder', 'tracking'; '' without a model) and how
+    # many frames since the last reset image tracking could not place (kept turning).
+    pose_source: str = ''
+    tracking_lost: int = 0

@@ -337,7 +337,8 @@ class RgbOdometry:
         """Return (4x4 motion mapping previous-camera to current-camera coordinates or
         None, tracks, rotation inliers)."""
         c = self.config
-        prev_gray, prev_k, prev_depth, (prev_transform, prev_scale) = self._prev  # type: ignore[misc]
+        assert self._prev is not None
+        prev_gray, prev_k, prev_depth, (prev_transform, prev_scale) = self._prev
         u0, u1 = self._tracks(prev_gray, gray, prev_k, k)
         self.last_tracks = (u0, u1, k)
         if len(u0) < c.min_tracks:

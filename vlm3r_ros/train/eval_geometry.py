@@ -20,8 +20,12 @@ same :class:`~vlm3r_ros.models.cut3r.stream.Cut3rStream` the node runs (RGB only
   frames; success = the path ends within 1 m (floor plane) of the goal frame's true
   position.
 
-Beside the model, two baselines: a constant-depth predictor (the training split's median
-depth; identity poses) and the same architecture untrained (seeded random weights).
+The model is scored three ways: with the node's default RGB-only poses (tracked from the
+images, :class:`~vlm3r_ros.pipeline.rgb_odometry.TrackedStream`, with the camera's
+intrinsics as camera_info gives them), the same without camera_info (focal length
+self-calibrated), and with CUT3R's own pose head and world pointmaps. Beside it, two
+baselines: a constant-depth predictor (the training split's median depth; identity poses)
+and the same architecture untrained (seeded random weights; tracked poses).
 """
 from __future__ import annotations
 
@@ -92,12 +96,14 @@ def load_sequences(root: str | Path, split: str, limit: int | None = None) -> li
 
 
 def predict_model(model: Cut3rModel, seq: Sequence3D, pose_source: str = 'encoder',
-                  odometry: OdometryConfig = OdometryConfig()) -> Prediction:
+                  camera_info: bool = True, odometry: OdometryConfig = OdometryConfig()
+                  ) -> Prediction:
     """Stream ``seq`` through the node's Cut3rStream (RGB only); return its predictions.
 
     ``pose_source`` 'encoder' keeps CUT3R's poses and world pointmaps; 'tracking' wraps the
     stream in the node's :class:`TrackedStream` (poses from image tracks and the encoder's
-    depth, intrinsics fitted to its pointmaps: no camera_info).
+    depth), given the camera's intrinsics as the node gets them from camera_info, or with
+    ``camera_info`` False self-calibrated from the images.
     """
     stream: Any = Cut3rStream(model, image_size=model.config.img_size, resize_mode='stretch')
     if pose_source == 'tracking':
@@ -105,8 +111,8 @@ def predict_model(model: Cut3rModel, seq: Sequence3D, pose_source: str = 'encode
     elif pose_source != 'encoder':
         raise ValueError(f'pose_source must be one of {POSE_SOURCES}, got {pose_source!r}')
     depth, pts, poses = [], [], []
-    for img in seq.images:
-        geo = stream.step(img)
+    for img, k in zip(seq.images, seq.Ks):
+        geo = stream.step(img, k if pose_source == 'tracking' and camera_info else None)
         depth.append(geo.pts_self[..., 2])
         pts.append(geo.pts_world)
         poses.append(geo.pose)
@@ -310,15 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     size = output_size((1, 1), model.config.img_size, 'stretch')
     seqs = load_sequences(args.data, args.split, args.limit or None)
     truths = [prepare_truth(s, size, args.budget, args.routes) for s in seqs]
-    results = [evaluate_method(f'trained ({args.weights.name})',
-                               lambda s: predict_model(model, s), seqs, truths, args.budget)]
+    name = args.weights.name
+    results = [
+        evaluate_method(f'trained ({name}), tracked poses (node default, camera_info)',
+                        lambda s: predict_model(model, s, 'tracking'), seqs, truths,
+                        args.budget),
+        evaluate_method(f'trained ({name}), tracked poses, no camera_info',
+                        lambda s: predict_model(model, s, 'tracking', camera_info=False), seqs,
+                        truths, args.budget),
+        evaluate_method(f'trained ({name}), encoder poses',
+                        lambda s: predict_model(model, s, 'encoder'), seqs, truths,
+                        args.budget)]
     if not args.no_baselines:
         torch.manual_seed(0)
         untrained = Cut3rModel(Cut3rConfig.from_official_string(
             model.config.to_official_string())).eval()
-        results.append(evaluate_method('untrained (same architecture)',
-                                       lambda s: predict_model(untrained, s), seqs, truths,
-                                       args.budget))
+        results.append(evaluate_method('untrained (same architecture), tracked poses',
+                                       lambda s: predict_model(untrained, s, 'tracking'), seqs,
+                                       truths, args.budget))
         depth = train_median_depth(args.data)
         results.append(evaluate_method(f'constant depth {depth:.2f} m, identity pose',
                                        lambda s: predict_constant(s, size, depth), seqs,
