@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                 ('tracking', OdometryConfig(), True),
                 ('tracking, rotation only', OdometryConfig(translation=False), True),
                 ('tracking, no camera_info', OdometryConfig(), False),
+                ('tracking, turn gate 0.3 deg',
+                 OdometryConfig(turn_only_residual_deg=0.3), True),
                 ('tracking, turn gate 0.15 deg',
-                 OdometryConfig(turn_only_residual_deg=0.15), True),
-                ('tracking, no turn gate', OdometryConfig(turn_only_residual_deg=0.0), True)):
+                 OdometryConfig(turn_only_residual_deg=0.15), True)):
             if (args.only and name not in args.only.split(';')) or (
                     not args.only and 'gate' in name):
                 continue

@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--limit', type=int, default=0, help='evaluate only the first N sequences')
     p.add_argument('--budget', type=int, default=8, help='keyframe budget (default 8)')
     p.add_argument('--routes', type=int, default=10, help='route goals per sequence')
+    p.add_argument('--poses', default='tracking,tracking-no-camera-info,encoder',
+                   help='pose sources to score the model with (comma-separated)')
     p.add_argument('--no-baselines', action='store_true', help='skip the two baselines')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     p.add_argument('--json', type=Path, default=None, help='also write the results here')
@@ -317,16 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     seqs = load_sequences(args.data, args.split, args.limit or None)
     truths = [prepare_truth(s, size, args.budget, args.routes) for s in seqs]
     name = args.weights.name
-    results = [
-        evaluate_method(f'trained ({name}), tracked poses (node default, camera_info)',
-                        lambda s: predict_model(model, s, 'tracking'), seqs, truths,
-                        args.budget),
-        evaluate_method(f'trained ({name}), tracked poses, no camera_info',
-                        lambda s: predict_model(model, s, 'tracking', camera_info=False), seqs,
-                        truths, args.budget),
-        evaluate_method(f'trained ({name}), encoder poses',
-                        lambda s: predict_model(model, s, 'encoder'), seqs, truths,
-                        args.budget)]
+    rows = {'tracking': (f'trained ({name}), tracked poses (node default, camera_info)',
+                         lambda s: predict_model(model, s, 'tracking')),
+            'tracking-no-camera-info': (f'trained ({name}), tracked poses, no camera_info',
+                                        lambda s: predict_model(model, s, 'tracking',
+                                                                camera_info=False)),
+            'encoder': (f'trained ({name}), encoder poses',
+                        lambda s: predict_model(model, s, 'encoder'))}
+    chosen = [r for r in args.poses.split(',') if r]
+    unknown = sorted(set(chosen) - set(rows))
+    if unknown:
+        raise SystemExit(f'--poses: unknown {unknown}; choose from {sorted(rows)}')
+    results = [evaluate_method(*rows[r], seqs, truths, args.budget) for r in chosen]
     if not args.no_baselines:
         torch.manual_seed(0)
         untrained = Cut3rModel(Cut3rConfig.from_official_string(
