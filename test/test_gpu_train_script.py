@@ -41,7 +41,8 @@ def test_gpu_geometry_training_script_dry_run_on_the_cpu(tmp_path):
     assert load_cut3r(out / 'best.safetensors').config == Cut3rConfig.small()
     assert json.loads((out / 'summary.json').read_text())['steps'] == 2
     pose = json.loads((out / 'pose_val.json').read_text())['results']
-    assert set(pose) == {'pose head', 'pointmap fit'}
+    assert set(pose) == {'pose head', 'pointmap fit', 'still camera', 'tracking',
+                         'tracking, rotation only', 'tracking, no camera_info'}
     assert 'training on cpu' in (out / 'train_gpu.log').read_text()
 
 

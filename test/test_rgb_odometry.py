@@ -102,6 +102,13 @@ def test_tracking_fallback_and_reset(rendered):
     step = odo.step(blank, frames[1][1], spec.K, identity)
     assert not step.tracked and odo.lost == 1
     assert np.allclose(step.cam_to_world[:3, 3], 0.0)  # rotation only: no translation
+    odo.reset()
+    odo._last_rotation = _rotation([0, 1, 0], 5.0)  # as if it had been turning
+    poses = [odo.step(blank, frames[1][1], spec.K, identity).cam_to_world for _ in range(6)]
+    turns = [np.degrees(np.arccos(np.clip((np.trace(p[:3, :3]) - 1) / 2, -1, 1)))
+             for p in poses]
+    # It keeps turning for max_coast_frames (3) untracked frames, then stands still.
+    assert np.allclose(turns, [0, 5, 10, 15, 15, 15], atol=1e-6), turns
     with pytest.raises(ValueError):
         odo.step(frames[0][0][..., 0], frames[0][1], spec.K, identity)
     start = np.eye(4)

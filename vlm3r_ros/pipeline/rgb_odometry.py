@@ -59,6 +59,9 @@ class OdometryConfig:
     turn_only_residual_deg: float = 0.0
     translation: bool = True  # False: rotation only (the camera turns in place)
     max_step_m: float = 1.0  # a larger frame-to-frame translation is a failure
+    # Frames in a row that may keep the last rotation when tracking fails (a fast turn
+    # goes on); after that the camera is taken as still (e.g. staring at a bare wall).
+    max_coast_frames: int = 3
     seed: int = 0
 
 
@@ -71,8 +74,9 @@ class OdometryStep:
         tracks: tracks that passed the forward-backward check (0 on a first frame).
         inliers: tracks consistent with the estimated rotation.
         tracked: False when the motion could not be estimated (first frame, too few
-            tracks): the camera is then assumed to have kept its last rotation and not
-            to have moved.
+            tracks): the camera is then assumed to have kept its last rotation (for at
+            most ``max_coast_frames`` frames in a row, then to be still) and not to have
+            moved.
     """
 
     cam_to_world: np.ndarray
@@ -194,6 +198,7 @@ class RgbOdometry:
         self.count = 0  # frames since the reset (seeds each frame's RANSAC: reproducible)
         self.pose = np.eye(4)
         self.lost = 0  # frames whose motion could not be estimated since the reset
+        self._lost_in_row = 0
         self._prev: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, Any]] = None
         # The last estimated rotation: it seeds the tracker (fast turns move the image
         # further than Lucas-Kanade reaches) and stands in for a frame that fails.
@@ -208,17 +213,19 @@ class RgbOdometry:
         self._last_rotation = np.eye(3)
         self.last_tracks = None
         self.lost = 0
+        self._lost_in_row = 0
         self.count = 0
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Return everything the next step depends on, as plain arrays.
 
-        Keys: ``pose``, ``last_rotation``, ``counts`` ([frames, lost]) and, after a frame,
+        Keys: ``pose``, ``last_rotation``, ``counts`` ([frames, lost, lost in a row]) and,
+        after a frame,
         ``prev_gray``, ``prev_k``, ``prev_depth`` and ``prev_map`` (the previous frame's
         pixel mapping: sx, sy, ox, oy, h, w, tracking scale).
         """
         out = {'pose': self.pose.copy(), 'last_rotation': self._last_rotation.copy(),
-               'counts': np.array([self.count, self.lost], np.int64)}
+               'counts': np.array([self.count, self.lost, self._lost_in_row], np.int64)}
         if self._prev is not None:
             gray, k, depth, (transform, scale) = self._prev
             out.update(prev_gray=gray.copy(), prev_k=k.copy(),
@@ -233,7 +240,7 @@ class RgbOdometry:
         Raises:
             ValueError: for a missing or malformed array (the odometry is then reset).
         """
-        shapes = {'pose': (4, 4), 'last_rotation': (3, 3), 'counts': (2,), 'prev_k': (3, 3),
+        shapes = {'pose': (4, 4), 'last_rotation': (3, 3), 'counts': (3,), 'prev_k': (3, 3),
                   'prev_map': (7,)}
         try:
             for key, shape in shapes.items():
@@ -244,7 +251,7 @@ class RgbOdometry:
                     raise ValueError(f'odometry {key} has non-finite values')
             self.reset(np.asarray(arrays['pose'], dtype=np.float64))
             self._last_rotation = np.asarray(arrays['last_rotation'], dtype=np.float64).copy()
-            self.count, self.lost = (int(v) for v in np.asarray(arrays['counts']))
+            self.count, self.lost, self._lost_in_row = (int(v) for v in arrays['counts'])
             if 'prev_gray' in arrays:
                 gray = np.asarray(arrays['prev_gray'])
                 depth = np.asarray(arrays['prev_depth'], dtype=np.float64)
@@ -286,10 +293,13 @@ class RgbOdometry:
             if motion is not None:
                 tracked = True
                 self._last_rotation = motion[:3, :3]
+                self._lost_in_row = 0
             else:
                 self.lost += 1
+                self._lost_in_row += 1
                 motion = np.eye(4)
-                motion[:3, :3] = self._last_rotation  # keep turning as before
+                if self._lost_in_row <= self.config.max_coast_frames:
+                    motion[:3, :3] = self._last_rotation  # keep turning as before
             self.pose = self.pose @ np.linalg.inv(motion)
         scale = gray.shape[1] / image.shape[1]
         self._prev = (gray, k, np.asarray(depth, dtype=np.float64), (transform, scale))
