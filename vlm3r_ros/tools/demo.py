@@ -178,7 +178,8 @@ def honesty_note(result: EvalResult, profile: str, weights_configured: bool,
         return (
             'PLEASE NOTE: the tiny default profile is a small model trained on 2 CPU cores: '
             'the shipped small CUT3R (keyframes, trajectory and route above come from its '
-            'monocular geometry) and the shipped small VLM-3R. '
+            'monocular depth, placed with poses tracked from the images) and the shipped '
+            'small VLM-3R. '
             + held_out_summary() + ' This one room has few questions per task, so the '
             f'scores above are noisy: {score}. It does not approach VLM-3R-7B; '
             'model_profile vlm3r-7b with local weights runs the real model.')
