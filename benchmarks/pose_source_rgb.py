@@ -30,7 +30,8 @@ import numpy as np
 
 from vlm3r_ros.models.cut3r.checkpoint import load_cut3r
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
-from vlm3r_ros.pipeline.rgb_odometry import OdometryConfig, TrackedStream
+from vlm3r_ros.pipeline.rgb_odometry import OdometryConfig
+from vlm3r_ros.pipeline.tracked_stream import TrackedStream
 from vlm3r_ros.pipeline.voxels import voxel_keys
 from vlm3r_ros.train.eval_geometry import (covered, load_sequences, pose_scores, prepare_truth,
                                            route_successes, select_keyframes)

@@ -213,7 +213,7 @@ def test_numeric_decoding_answers_with_the_models_number_distribution(bundle, ro
 def test_rgb_pose_source_tracks_by_default_on_tiny_and_can_keep_the_encoders(bundle):
     """auto = tracked poses on tiny: the trajectory follows the true turn of the camera; the
     encoder's own poses stay one parameter away (and in the per-query stream)."""
-    from vlm3r_ros.pipeline.rgb_odometry import TrackedStream
+    from vlm3r_ros.pipeline.tracked_stream import TrackedStream
     from vlm3r_ros.train.dataset import SPLIT_SEED_BASE
     from vlm3r_ros.train.scene_sampling import sample_sequence
     spec = sample_sequence(SPLIT_SEED_BASE['test'] + 902, seconds=3.0, rate_hz=5.0)

@@ -1,5 +1,5 @@
 """RGB odometry (pipeline/rgb_odometry.py): exact pieces, tracking on rendered rooms, and
-the TrackedStream around the shipped small CUT3R. No ROS."""
+the TrackedStream (pipeline/tracked_stream.py) around the shipped small CUT3R. No ROS."""
 import math
 
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 
 from vlm3r_ros.eval.render import render
 from vlm3r_ros.models.cut3r.preprocess import ImageTransform
-from vlm3r_ros.pipeline.rgb_odometry import (CALIBRATION_PAIRS, OdometryConfig, RgbOdometry,
-                                             TrackedStream, focal_scale,
+from vlm3r_ros.pipeline.rgb_odometry import (OdometryConfig, RgbOdometry, focal_scale,
                                              intrinsics_from_pointmap, kabsch_rotation,
                                              source_intrinsics)
+from vlm3r_ros.pipeline.tracked_stream import CALIBRATION_PAIRS, TrackedStream
 from vlm3r_ros.train.dataset import SPLIT_SEED_BASE
 from vlm3r_ros.train.eval_geometry import pose_scores
 from vlm3r_ros.train.geometry_data import depth_to_points

@@ -37,7 +37,7 @@ from vlm3r_ros.pipeline.query_answering import QueryAnswering
 from vlm3r_ros.pipeline.reconstruction import (GeometryEvent, VoxelCloud, colored_voxels,
                                                 mean_confidence)
 from vlm3r_ros.pipeline.requests import QueryRequest, QueryResult, RouteRequest, RouteResult
-from vlm3r_ros.pipeline.rgb_odometry import TrackedStream
+from vlm3r_ros.pipeline.tracked_stream import TrackedStream
 from vlm3r_ros.pipeline.route_planning import RoutePlanning
 from vlm3r_ros.pipeline.scene_memory import SceneMemory
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys

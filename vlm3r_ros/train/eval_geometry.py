@@ -21,7 +21,7 @@ same :class:`~vlm3r_ros.models.cut3r.stream.Cut3rStream` the node runs (RGB only
   position.
 
 The model is scored three ways: with the node's default RGB-only poses (tracked from the
-images, :class:`~vlm3r_ros.pipeline.rgb_odometry.TrackedStream`, with the camera's
+images, :class:`~vlm3r_ros.pipeline.tracked_stream.TrackedStream`, with the camera's
 intrinsics as camera_info gives them), the same without camera_info (focal length
 self-calibrated), and with CUT3R's own pose head and world pointmaps. Beside it, two
 baselines: a constant-depth predictor (the training split's median depth; identity poses)
@@ -49,7 +49,8 @@ from vlm3r_ros.models.cut3r.preprocess import output_size
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.pipeline.coverage import CoverageIndex
 from vlm3r_ros.pipeline.engine import RGB_KEYFRAME_VOXEL_M
-from vlm3r_ros.pipeline.rgb_odometry import POSE_SOURCES, OdometryConfig, TrackedStream
+from vlm3r_ros.pipeline.rgb_odometry import POSE_SOURCES, OdometryConfig
+from vlm3r_ros.pipeline.tracked_stream import TrackedStream
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
 from vlm3r_ros.train.dataset import decode_depth, decode_rgb, iter_scene_frames, load_split
