@@ -17,6 +17,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from vlm3r_ros.pipeline.engine import EngineConfig
+from vlm3r_ros.pipeline.engine_types import POSE_SOURCES
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ SPECS: tuple[Spec, ...] = (
          'points placed with those poses (camera_info intrinsics when given, else fitted '
          "to the encoder's pointmap); auto: tracking for tiny (its small CUT3R's pose head "
          'does not track motion), encoder for vlm3r-7b.',
-         choices=('auto', 'encoder', 'tracking')),
+         choices=('auto',) + POSE_SOURCES),
     Spec('min_confidence', 0.0, 'Drop pointmap points below this confidence (0: keep all).',
          0.0, 1000.0),
     # Protocol

@@ -80,6 +80,10 @@ class ModelBundle:
     identity: dict[str, str] = field(default_factory=dict)
 
 
+#: Where RGB-only poses come from (``EngineConfig.rgb_pose_source`` resolves 'auto' to one).
+POSE_SOURCES = ('encoder', 'tracking')
+
+
 @dataclass
 class EngineConfig:
     """Plain settings of the engine (the node fills them from ROS parameters)."""

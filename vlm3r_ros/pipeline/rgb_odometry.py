@@ -15,8 +15,8 @@ between consecutive frames geometrically:
    reproject onto their tracks (iteratively reweighted), so it is metric and close to 0
    when the camera only turns.
 
-Also the intrinsics helpers a camera without camera_info needs (:func:`intrinsics_from_pointmap`,
-:func:`focal_scale`). :mod:`vlm3r_ros.pipeline.tracked_stream` puts this under the node's
+Also the intrinsics helpers a camera without camera_info needs
+(:func:`intrinsics_from_pointmap`, :func:`focal_scale`). :mod:`vlm3r_ros.pipeline.tracked_stream` puts this under the node's
 geometry stream. Pure NumPy/OpenCV: no ROS, no torch.
 """
 from __future__ import annotations
@@ -28,10 +28,6 @@ import cv2
 import numpy as np
 
 from vlm3r_ros.models.cut3r.preprocess import ImageTransform  # NumPy only (no torch)
-
-
-#: Values of the engine's ``rgb_pose_source``.
-POSE_SOURCES = ('encoder', 'tracking')
 
 
 @dataclass(frozen=True)
@@ -82,11 +78,9 @@ class OdometryStep:
     tracked: bool
 
 
-def kabsch_rotation(src: np.ndarray, dst: np.ndarray,
-                    weights: Optional[np.ndarray] = None) -> np.ndarray:
-    """Return the rotation R minimising ``sum w |dst - R src|^2`` for (N, 3) vectors."""
-    w = np.ones(len(src)) if weights is None else weights
-    u, _, vt = np.linalg.svd((src * w[:, None]).T @ dst)
+def kabsch_rotation(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Return the rotation R minimising ``sum |dst - R src|^2`` for (N, 3) vectors."""
+    u, _, vt = np.linalg.svd(src.T @ dst)
     d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
     return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
 
@@ -170,16 +164,6 @@ def intrinsics_from_pointmap(pts_self: np.ndarray) -> Optional[np.ndarray]:
         if not f > 0:
             return None
         k[axis, axis], k[axis, 2] = f, c
-    return k
-
-
-def source_intrinsics(k_model: np.ndarray, transform: Any) -> np.ndarray:
-    """Invert :meth:`ImageTransform.apply_to_intrinsics`: model-input K -> source K."""
-    (sx, sy), (ox, oy) = transform.scale, transform.offset
-    k = np.asarray(k_model, dtype=np.float64).copy()
-    k[0, 0], k[0, 1], k[1, 1] = k[0, 0] / sx, k[0, 1] / sx, k[1, 1] / sy
-    k[0, 2] = (k_model[0, 2] + 0.5 + ox) / sx - 0.5
-    k[1, 2] = (k_model[1, 2] + 0.5 + oy) / sy - 0.5
     return k
 
 
@@ -309,11 +293,9 @@ class RgbOdometry:
         width = image.shape[1]
         if width > self.config.max_width_px:
             s = self.config.max_width_px / width
-            gray = cv2.resize(gray, (self.config.max_width_px, max(1, round(image.shape[0] * s))),
-                              interpolation=cv2.INTER_AREA)
-            k[:2] *= s
-            k[0, 2] = (intrinsics[0, 2] + 0.5) * s - 0.5
-            k[1, 2] = (intrinsics[1, 2] + 0.5) * s - 0.5
+            size = (max(1, round(image.shape[0] * s)), self.config.max_width_px)
+            gray = cv2.resize(gray, size[::-1], interpolation=cv2.INTER_AREA)
+            k = ImageTransform((s, s), (0.0, 0.0), size).apply_to_intrinsics(k)
         return gray, k
 
     def _tracks(self, prev: np.ndarray, cur: np.ndarray, prev_k: np.ndarray, k: np.ndarray
@@ -360,11 +342,9 @@ class RgbOdometry:
         motion[:3, :3] = rot
         if not c.translation:
             return motion, len(u0), int(inl.sum())
-        # Depth of the previous frame at each track (model-input pixel of the source pixel).
-        (sx, sy), (ox, oy) = prev_transform.scale, prev_transform.offset
-        src = (u0 + 0.5) / prev_scale - 0.5
-        mx = np.rint((src[:, 0] + 0.5) * sx - 0.5 - ox).astype(np.int64)
-        my = np.rint((src[:, 1] + 0.5) * sy - 0.5 - oy).astype(np.int64)
+        # Depth of the previous frame at each track: tracked pixel -> source -> model input.
+        source = (u0 + 0.5) / prev_scale - 0.5
+        mx, my = np.rint(prev_transform.apply_to_pixels(source)).astype(np.int64).T
         h, w = prev_depth.shape
         inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
         z = np.zeros(len(u0))

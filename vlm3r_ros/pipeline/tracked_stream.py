@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from vlm3r_ros.pipeline.rgb_odometry import (OdometryConfig, RgbOdometry, focal_scale,
-                                             intrinsics_from_pointmap, source_intrinsics)
+                                             intrinsics_from_pointmap)
 
 #: Informative frame pairs (turns of a few pixels, enough tracks) collected before the
 #: focal length of a camera without camera_info is calibrated.
@@ -124,7 +124,9 @@ class TrackedStream:
         if intrinsics is not None:
             k_src = np.asarray(intrinsics, dtype=np.float64)
         else:
-            k_src = self._fitted_intrinsics(pts_self, geo.transform)
+            if calibrating or self._k_model is None:
+                self._fit_intrinsics(pts_self)
+            k_src = self.self_calibrated_intrinsics(geo.transform)
             if k_src is None:
                 return geo
         result = self.odometry.step(image, pts_self[..., 2], k_src, geo.transform)
@@ -134,22 +136,26 @@ class TrackedStream:
         world = (pts_self @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
         return dataclasses.replace(geo, pose=pose, pts_world=world)
 
-    def _fitted_intrinsics(self, pts_self: np.ndarray, transform: Any) -> Optional[np.ndarray]:
-        """Return source-image intrinsics from the pointmaps (and the calibrated focal)."""
-        if self._focal_scale is None or self._k_model is None:
-            fitted = intrinsics_from_pointmap(pts_self)
-            if fitted is not None:
-                n = self._k_count
-                self._k_model = fitted if self._k_model is None else (
-                    self._k_model * n + fitted) / (n + 1)
-                self._k_count = n + 1
+    def self_calibrated_intrinsics(self, transform: Any) -> Optional[np.ndarray]:
+        """Return the source-image intrinsics tracking uses without camera_info: fitted to
+        the pointmaps, with the calibrated focal length once there is one (None before the
+        first fit). ``transform`` maps source to model-input pixels."""
         if self._k_model is None:
             return None
-        k = source_intrinsics(self._k_model, transform)
+        k = transform.source_intrinsics(self._k_model)
         if self._focal_scale is not None:
             k[0, 0] *= self._focal_scale
             k[1, 1] *= self._focal_scale
         return k
+
+    def _fit_intrinsics(self, pts_self: np.ndarray) -> None:
+        """Add one own-view pointmap's fitted intrinsics to their running mean."""
+        fitted = intrinsics_from_pointmap(pts_self)
+        if fitted is not None:
+            n = self._k_count
+            self._k_model = fitted if self._k_model is None else (
+                self._k_model * n + fitted) / (n + 1)
+            self._k_count = n + 1
 
     def _calibrate(self) -> None:
         """Collect the last tracked pair if informative; calibrate once enough are in."""

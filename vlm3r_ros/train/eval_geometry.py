@@ -49,7 +49,7 @@ from vlm3r_ros.models.cut3r.preprocess import output_size
 from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.pipeline.coverage import CoverageIndex
 from vlm3r_ros.pipeline.engine import RGB_KEYFRAME_VOXEL_M
-from vlm3r_ros.pipeline.rgb_odometry import POSE_SOURCES, OdometryConfig
+from vlm3r_ros.pipeline.engine_types import POSE_SOURCES
 from vlm3r_ros.pipeline.tracked_stream import TrackedStream
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
@@ -97,8 +97,7 @@ def load_sequences(root: str | Path, split: str, limit: int | None = None) -> li
 
 
 def predict_model(model: Cut3rModel, seq: Sequence3D, pose_source: str = 'encoder',
-                  camera_info: bool = True, odometry: OdometryConfig = OdometryConfig()
-                  ) -> Prediction:
+                  camera_info: bool = True) -> Prediction:
     """Stream ``seq`` through the node's Cut3rStream (RGB only); return its predictions.
 
     ``pose_source`` 'encoder' keeps CUT3R's poses and world pointmaps; 'tracking' wraps the
@@ -108,7 +107,7 @@ def predict_model(model: Cut3rModel, seq: Sequence3D, pose_source: str = 'encode
     """
     stream: Any = Cut3rStream(model, image_size=model.config.img_size, resize_mode='stretch')
     if pose_source == 'tracking':
-        stream = TrackedStream(stream, odometry)
+        stream = TrackedStream(stream)
     elif pose_source != 'encoder':
         raise ValueError(f'pose_source must be one of {POSE_SOURCES}, got {pose_source!r}')
     depth, pts, poses = [], [], []

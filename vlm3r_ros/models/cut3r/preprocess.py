@@ -67,6 +67,23 @@ class ImageTransform:
         out[1, 2] = (k[1, 2] + 0.5) * sy - 0.5 - oy
         return out
 
+    def source_intrinsics(self, k: np.ndarray) -> np.ndarray:
+        """Return the source image's 3x3 intrinsics for model-input intrinsics ``k`` (the
+        inverse of :meth:`apply_to_intrinsics`)."""
+        k = np.asarray(k, dtype=np.float64)
+        sx, sy = self.scale
+        ox, oy = self.offset
+        out = k.copy()
+        out[0, 0], out[0, 1], out[1, 1] = k[0, 0] / sx, k[0, 1] / sx, k[1, 1] / sy
+        out[0, 2] = (k[0, 2] + 0.5 + ox) / sx - 0.5
+        out[1, 2] = (k[1, 2] + 0.5 + oy) / sy - 0.5
+        return out
+
+    def apply_to_pixels(self, uv: np.ndarray) -> np.ndarray:
+        """Return (N, 2) model-input pixel coordinates of (N, 2) source pixels ``uv``."""
+        uv = np.asarray(uv, dtype=np.float64)
+        return (uv + 0.5) * np.asarray(self.scale) - 0.5 - np.asarray(self.offset)
+
 
 def _check_image(image: np.ndarray) -> np.ndarray:
     """Return ``image`` as a contiguous HxWx3 uint8 array.
