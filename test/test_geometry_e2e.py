@@ -7,8 +7,9 @@ focal length and placed with the encoder's depth (rgb_pose_source auto on tiny).
 (2026-12-07, MODEL_CARD.md): the node's 8 keyframes cover 0.94-0.96 of what true-depth
 keyframes cover (0.83-0.87 while two evaluations loaded both cores, when the geometry
 worker skips frames; with the encoder's own poses it was 0.87, untrained 0.69); its
-trajectory lies 0.26-0.34 m from the true path on average (0.4-0.8 m with the encoder's
-poses). The bounds sit below the measured values so they are not flaky. Depth and pose
+trajectory lies 0.17-0.18 m from the true path on average (2026-12-07 evening, rotation and
+translation refined together; coverage then 0.93-0.95; 0.26-0.34 m before; 0.4-0.8 m with
+the encoder's poses). The bounds sit below the measured values so they are not flaky. Depth and pose
 quality of the same weights are bounded directly, without ROS, in test_train_geometry.py.
 """
 import time
@@ -81,7 +82,7 @@ def test_rgb_only_keyframes_and_trajectory_come_from_trained_geometry(held_out):
     check = check_trajectory(points, spec.trajectory.poses)
     print(f'trajectory: {check}')
     assert check.points >= 3
-    assert check.mean_deviation_m <= 0.8, check
+    assert check.mean_deviation_m <= 0.5, check
 
 
 def _true_depths(spec):

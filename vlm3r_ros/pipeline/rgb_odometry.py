@@ -13,7 +13,10 @@ between consecutive frames geometrically:
 3. with that rotation fixed, the translation is the linear least-squares solution that
    makes the previous frame's tracked points (back-projected with the encoder's depth)
    reproject onto their tracks (iteratively reweighted), so it is metric and close to 0
-   when the camera only turns.
+   when the camera only turns;
+4. rotation and translation are then refined together on the same points
+   (:func:`refine_motion`), which removes the bias a bearing-only rotation takes from
+   the parallax of a walking camera.
 
 Also the intrinsics helpers a camera without camera_info needs
 (:func:`intrinsics_from_pointmap`, :func:`focal_scale`). :mod:`vlm3r_ros.pipeline.tracked_stream` puts this under the node's
@@ -45,12 +48,19 @@ class OdometryConfig:
     min_translation_tracks: int = 30  # fewer tracks: rotation only
     rotation_inlier_deg: float = 1.0
     ransac_iterations: int = 64
-    max_residual_deg: float = 10.0  # tracks further off the rotation are outliers
+    # Tracks further off the bearing-only rotation are not used for the translation (3:
+    # val ATE 1.05 m against 1.06 m at 10, alone; with the refinement below 0.80 / 0.84).
+    max_residual_deg: float = 3.0
     # When the rotation alone explains the tracks to within this median residual, treat the
     # motion as a pure turn (no translation). Off: on the val split a 0.3 / 0.15 deg gate
     # shortened slow forward motion (ATE 1.14 / 1.06 m against 1.05 m without).
     turn_only_residual_deg: float = 0.0
     translation: bool = True  # False: rotation only (the camera turns in place)
+    # Gauss-Newton iterations refining rotation and translation together on the tracks
+    # with depth (:func:`refine_motion`; 0: the rotation stays the bearing-only fit, which
+    # absorbs the parallax of walking). On the val split 4 iterations brought ATE from
+    # 1.06 to 0.80 m and rotation RPE from 0.53 to 0.44 deg (on true depth 0.64 -> 0.34 m).
+    refine_rotation_iterations: int = 4
     max_step_m: float = 1.0  # a larger frame-to-frame translation is a failure
     # Frames in a row that may keep the last rotation when tracking fails (a fast turn
     # goes on); after that the camera is taken as still (e.g. staring at a bare wall).
@@ -129,6 +139,55 @@ def focal_scale(pairs: list[tuple[np.ndarray, np.ndarray]], k: np.ndarray,
             residuals.append(np.median(np.linalg.norm(proj[:, :2] / proj[:, 2:] - u1, axis=1)))
         scores.append(float(np.mean(residuals)))
     return float(scales[int(np.argmin(scores))])
+
+
+def refine_motion(points: np.ndarray, bearings: np.ndarray, rot: np.ndarray, t: np.ndarray,
+                  iterations: int, max_change_deg: float = 3.0
+                  ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Return (R, t, weights) refined jointly so that ``R points + t`` lie along ``bearings``,
+    or the unchanged (R, t, None) when the refinement does not lower the median residual
+    or turns R by more than ``max_change_deg``.
+
+    Gauss-Newton on the angular residual ``|b x (R X + t)| / |R X + t|`` with a rotation
+    update ``exp([w]x) R``, iteratively reweighted against outliers (weights < 1 mark
+    them). A rotation fitted to the bearings alone absorbs the parallax of a translating
+    camera (on the val split, frames that barely turn got 0.7 degrees of rotation error
+    against 0.1 for turning frames); solving for both removes that bias. A wrong global
+    scale of ``points`` scales ``t`` and leaves ``R`` unchanged.
+    """
+    skew_b = _skew(bearings)
+
+    def residuals(r: np.ndarray, tt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rotated = points @ r.T
+        moved = rotated + tt
+        norm = np.maximum(np.linalg.norm(moved, axis=1), 1e-9)
+        return rotated, norm, np.linalg.norm(np.cross(bearings, moved), axis=1) / norm
+
+    start = (rot, t)
+    initial = float(np.median(residuals(rot, t)[2]))
+    weights = np.ones(len(points))
+    for _ in range(iterations):
+        rotated, norm, res = residuals(rot, t)
+        moved = rotated + t
+        scale = max(3.0 * float(np.median(res)), 1e-4)
+        weights = 1.0 / np.maximum(res / scale, 1.0)
+        # b x (Y + w x Y + t) = b x (Y + t) - [b]x [Y]x w + [b]x t
+        a = np.concatenate([-skew_b @ _skew(rotated), skew_b], axis=2)
+        rhs = -np.cross(bearings, moved)
+        row_w = (weights / norm)[:, None]
+        step = np.linalg.lstsq((a * row_w[..., None]).reshape(-1, 6),
+                               (rhs * row_w).reshape(-1), rcond=None)[0]
+        if not np.isfinite(step).all():
+            break
+        rot = cv2.Rodrigues(step[:3].reshape(3, 1))[0] @ rot
+        t = t + step[3:]
+    # Keep the refinement only if it fits the tracks better and stays near the start (few
+    # or clustered tracks can pull it away).
+    change = np.degrees(np.arccos(np.clip((np.trace(rot @ start[0].T) - 1.0) / 2.0, -1.0, 1.0)))
+    if not (np.isfinite(t).all() and change <= max_change_deg
+            and float(np.median(residuals(rot, t)[2])) < initial):
+        return start[0], start[1], None
+    return rot, t, weights
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -287,6 +346,18 @@ class RgbOdometry:
         return OdometryStep(self.pose.copy(), tracks, inliers, tracked)
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _depth_at(u: np.ndarray, depth: np.ndarray, mapping: tuple[Any, float]) -> np.ndarray:
+        """Return ``depth`` (model input) at (N, 2) tracked-image pixels ``u`` (0 outside):
+        tracked pixel -> source pixel -> model-input pixel, nearest."""
+        transform, scale = mapping
+        mx, my = np.rint(transform.apply_to_pixels((u + 0.5) / scale - 0.5)).astype(np.int64).T
+        h, w = depth.shape
+        inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
+        z = np.zeros(len(u))
+        z[inside] = depth[my[inside], mx[inside]]
+        return z
+
     def _gray(self, image: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         k = np.asarray(intrinsics, dtype=np.float64).copy()
@@ -328,7 +399,7 @@ class RgbOdometry:
         None, tracks, rotation inliers)."""
         c = self.config
         assert self._prev is not None
-        prev_gray, prev_k, prev_depth, (prev_transform, prev_scale) = self._prev
+        prev_gray, prev_k, prev_depth, prev_mapping = self._prev
         u0, u1 = self._tracks(prev_gray, gray, prev_k, k)
         self.last_tracks = (u0, u1, k)
         if len(u0) < c.min_tracks:
@@ -342,13 +413,7 @@ class RgbOdometry:
         motion[:3, :3] = rot
         if not c.translation:
             return motion, len(u0), int(inl.sum())
-        # Depth of the previous frame at each track: tracked pixel -> source -> model input.
-        source = (u0 + 0.5) / prev_scale - 0.5
-        mx, my = np.rint(prev_transform.apply_to_pixels(source)).astype(np.int64).T
-        h, w = prev_depth.shape
-        inside = (mx >= 0) & (mx < w) & (my >= 0) & (my < h)
-        z = np.zeros(len(u0))
-        z[inside] = prev_depth[my[inside], mx[inside]]
+        z = self._depth_at(u0, prev_depth, prev_mapping)
         angle = np.degrees(np.arccos(np.clip(np.sum(r1 * (r0 @ rot.T), axis=1), -1.0, 1.0)))
         use = (angle < c.max_residual_deg) & (z > 0) & np.isfinite(z)
         if use.sum() < c.min_translation_tracks or (c.turn_only_residual_deg > 0 and np.median(
@@ -368,6 +433,10 @@ class RgbOdometry:
                 np.linalg.norm(moved, axis=1), 1e-9)
             scale = max(3.0 * float(np.median(res)), 1e-4)
             weights = 1.0 / np.maximum(res / scale, 1.0)
+        if c.refine_rotation_iterations > 0 and np.isfinite(t).all():
+            rot, t, _ = refine_motion(b0[use] * z[use, None], bearings, rot, t,
+                                      c.refine_rotation_iterations)
+            motion[:3, :3] = rot
         if not np.isfinite(t).all() or np.linalg.norm(t) > c.max_step_m:
             return None, len(u0), int(inl.sum())
         motion[:3, 3] = t
