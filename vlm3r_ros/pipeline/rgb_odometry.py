@@ -169,8 +169,7 @@ def refine_motion(points: np.ndarray, bearings: np.ndarray, rot: np.ndarray, t: 
     for _ in range(iterations):
         rotated, norm, res = residuals(rot, t)
         moved = rotated + t
-        scale = max(3.0 * float(np.median(res)), 1e-4)
-        weights = 1.0 / np.maximum(res / scale, 1.0)
+        weights = _robust_weights(res)
         # b x (Y + w x Y + t) = b x (Y + t) - [b]x [Y]x w + [b]x t
         a = np.concatenate([-skew_b @ _skew(rotated), skew_b], axis=2)
         rhs = -np.cross(bearings, moved)
@@ -188,6 +187,12 @@ def refine_motion(points: np.ndarray, bearings: np.ndarray, rot: np.ndarray, t: 
             and float(np.median(residuals(rot, t)[2])) < initial):
         return start[0], start[1], None
     return rot, t, weights
+
+
+def _robust_weights(residuals: np.ndarray) -> np.ndarray:
+    """Return IRLS weights: 1 within 3 median residuals, falling as 1/r beyond."""
+    scale = max(3.0 * float(np.median(residuals)), 1e-4)
+    return 1.0 / np.maximum(residuals / scale, 1.0)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -429,10 +434,8 @@ class RgbOdometry:
             t = np.linalg.lstsq((a * weights[:, None, None]).reshape(-1, 3),
                                 (rhs * weights[:, None]).reshape(-1), rcond=None)[0]
             moved = rotated + t
-            res = np.linalg.norm(np.cross(bearings, moved), axis=1) / np.maximum(
-                np.linalg.norm(moved, axis=1), 1e-9)
-            scale = max(3.0 * float(np.median(res)), 1e-4)
-            weights = 1.0 / np.maximum(res / scale, 1.0)
+            weights = _robust_weights(np.linalg.norm(np.cross(bearings, moved), axis=1)
+                                      / np.maximum(np.linalg.norm(moved, axis=1), 1e-9))
         if c.refine_rotation_iterations > 0 and np.isfinite(t).all():
             rot, t, _ = refine_motion(b0[use] * z[use, None], bearings, rot, t,
                                       c.refine_rotation_iterations)
