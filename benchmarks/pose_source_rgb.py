@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--budget', type=int, default=8, help='keyframe budget')
     p.add_argument('--weights', default=str(CUT3R_SMALL), help='CUT3R weights to measure')
     p.add_argument('--only', default='', help="';'-separated tracking variants to run "
-                   '(default: every source but the turn-gate settings)')
+                   '(default: every source but the earlier and turn-gate settings)')
     p.add_argument('--out', default='out/pose_source_rgb.json')
     p.add_argument('--threads', type=int, default=1, help='torch threads')
     args = p.parse_args(argv)

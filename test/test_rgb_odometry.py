@@ -9,7 +9,7 @@ from vlm3r_ros.eval.render import render
 from vlm3r_ros.models.cut3r.preprocess import ImageTransform
 from vlm3r_ros.pipeline.rgb_odometry import (OdometryConfig, RgbOdometry, focal_scale,
                                              intrinsics_from_pointmap, kabsch_rotation,
-                                             refine_motion)
+                                             refine_motion, rotation_angle_deg)
 from vlm3r_ros.pipeline.tracked_stream import CALIBRATION_PAIRS, TrackedStream
 from vlm3r_ros.train.dataset import SPLIT_SEED_BASE
 from vlm3r_ros.train.eval_geometry import pose_scores
@@ -58,7 +58,7 @@ def test_refine_motion_removes_the_parallax_bias_of_a_bearing_only_rotation():
     kabsch = kabsch_rotation(unit[10:], bearings[10:])
 
     def angle(a, b):
-        return math.degrees(math.acos(np.clip((np.trace(a @ b.T) - 1) / 2, -1, 1)))
+        return rotation_angle_deg(a @ b.T)
 
     assert angle(kabsch, rot) > 1.0
     refined, t_refined, weights = refine_motion(points, bearings, kabsch, np.zeros(3), 8)
@@ -136,8 +136,7 @@ def test_tracking_fallback_and_reset(rendered):
     odo.reset()
     odo._last_rotation = _rotation([0, 1, 0], 5.0)  # as if it had been turning
     poses = [odo.step(blank, frames[1][1], spec.K, identity).cam_to_world for _ in range(6)]
-    turns = [np.degrees(np.arccos(np.clip((np.trace(p[:3, :3]) - 1) / 2, -1, 1)))
-             for p in poses]
+    turns = [rotation_angle_deg(p) for p in poses]
     # It keeps turning for max_coast_frames (3) untracked frames, then stands still.
     assert np.allclose(turns, [0, 5, 10, 15, 15, 15], atol=1e-6), turns
     with pytest.raises(ValueError):

@@ -141,6 +141,12 @@ def focal_scale(pairs: list[tuple[np.ndarray, np.ndarray]], k: np.ndarray,
     return float(scales[int(np.argmin(scores))])
 
 
+def rotation_angle_deg(rot: np.ndarray) -> float:
+    """Return the angle (degrees) of a 3x3 rotation (or of a 4x4 pose's rotation)."""
+    cos = (np.trace(np.asarray(rot)[:3, :3]) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
 def refine_motion(points: np.ndarray, bearings: np.ndarray, rot: np.ndarray, t: np.ndarray,
                   iterations: int, max_change_deg: float = 3.0
                   ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -182,8 +188,7 @@ def refine_motion(points: np.ndarray, bearings: np.ndarray, rot: np.ndarray, t: 
         t = t + step[3:]
     # Keep the refinement only if it fits the tracks better and stays near the start (few
     # or clustered tracks can pull it away).
-    change = np.degrees(np.arccos(np.clip((np.trace(rot @ start[0].T) - 1.0) / 2.0, -1.0, 1.0)))
-    if not (np.isfinite(t).all() and change <= max_change_deg
+    if not (np.isfinite(t).all() and rotation_angle_deg(rot @ start[0].T) <= max_change_deg
             and float(np.median(residuals(rot, t)[2])) < initial):
         return start[0], start[1], None
     return rot, t, weights

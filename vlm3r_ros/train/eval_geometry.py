@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from vlm3r_ros.models.cut3r.stream import Cut3rStream
 from vlm3r_ros.pipeline.coverage import CoverageIndex
 from vlm3r_ros.pipeline.engine import RGB_KEYFRAME_VOXEL_M
 from vlm3r_ros.pipeline.engine_types import POSE_SOURCES
+from vlm3r_ros.pipeline.rgb_odometry import rotation_angle_deg
 from vlm3r_ros.pipeline.tracked_stream import TrackedStream
 from vlm3r_ros.pipeline.voxels import points_from_depth, voxel_keys
 from vlm3r_ros.planning.trajectory_graph import TrajectoryGraph, Unreachable
@@ -170,8 +170,7 @@ def pose_scores(pred: np.ndarray, true_rel: np.ndarray) -> dict[str, float]:
         dt = np.linalg.inv(true_rel[i]) @ true_rel[i + 1]
         delta = np.linalg.inv(dt) @ dp
         rpe_t.append(float(np.linalg.norm(delta[:3, 3])))
-        cos = np.clip((np.trace(delta[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
-        rpe_r.append(math.degrees(math.acos(cos)))
+        rpe_r.append(rotation_angle_deg(delta))
     return {'ate_m': ate, 'ate_first12_m': ate12, 'rpe_m': float(np.mean(rpe_t)),
             'rpe_deg': float(np.mean(rpe_r))}
 
